@@ -1,0 +1,251 @@
+"""The ASGI app: `create_app(config)` wires the gateway's parts; the lifespan opens and closes them.
+
+`Gateway` holds every live object (policies, catalog, connection pool, metrics) and its methods are
+the endpoints, so nothing lives in module globals and a test can build as many apps as it likes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway import tokens
+from gateway.catalog import Catalog, ModelRoute, build_catalog
+from gateway.config import Config, ConfigError
+from gateway.config.policies import PolicySet, Principal, load_policies
+from gateway.errors import BadRequest, GatewayError, NotFound, PermissionDenied, Unavailable
+from gateway.metrics import Metrics
+from gateway.pipeline import dispatch
+from gateway.pipeline.auth import authenticate, require_admin
+from gateway.pipeline.body import read_json, validate
+from gateway.pipeline.record import Record
+from gateway.providers.base import Operation
+from gateway.upstream import Pool
+
+log = logging.getLogger("gateway")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+JSON = "application/json"
+
+
+def request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id")
+    return given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def error_response(exc: GatewayError, rid: str) -> Response:
+    return Response(exc.json(), exc.status, headers={"x-request-id": rid, **exc.headers()}, media_type=JSON)
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pool = Pool(config.file.server.upstream_max_connections)
+        self.catalog: Catalog = build_catalog(config, self.pool)
+        self.policies: PolicySet = load_policies(config)
+        self.policy_error: str | None = None
+        self.metrics = Metrics(frozenset(self.catalog.models))
+        self.max_body = config.file.server.max_body_bytes
+        self.draining = False
+        self._warmup: asyncio.Future[Any] | None = None
+
+    # lifecycle -------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        await self.pool.open()
+        loop = asyncio.get_running_loop()
+        # tiktoken's first load takes ~0.5 s: do it in a thread so no request waits for it
+        self._warmup = loop.run_in_executor(None, tokens.encoding, "gpt-4o")
+        if self.policies.open is not None:
+            log.warning(
+                "OPEN MODE: no policy files in %s; every request is admitted without a key", self.config.path(self.config.file.policies.dir)
+            )
+
+    async def shutdown(self) -> None:
+        await self.pool.close()
+
+    # stages ----------------------------------------------------------------------------------
+    def _admit(self, principal: Principal, model: str) -> ModelRoute:
+        route = self.catalog.models.get(model)
+        if route is None:
+            raise NotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model", code="model_not_found")
+        if model not in principal.models:
+            raise PermissionDenied(f"This key may not use the model `{model}`.", param="model", code="model_not_allowed")
+        return route
+
+    def _headers(self, rid: str, record: Record) -> dict[str, str]:
+        return {
+            "x-request-id": rid,
+            "x-gateway-target": record.target or "",
+            "x-gateway-cache": "bypass",
+            "x-gateway-overhead-ms": f"{record.overhead_ms(time.perf_counter()):.2f}",
+        }
+
+    def _finish(self, record: Record) -> None:
+        record.close()
+        self.metrics.observe(record)
+        if record.status >= 500:
+            log.warning("request %s failed: %s %s (target %s)", record.request_id, record.status, record.error_type, record.target)
+
+    async def proxy(self, request: Request, op: Operation) -> Response:
+        t0 = time.perf_counter()
+        rid = request_id(request)
+        record = Record(rid, op.value, time.time(), t0)
+        streaming = False
+        try:
+            policies = self.policies
+            principal = authenticate(request.headers, policies)
+            record.key_name, record.team, record.policy_version = principal.key_name, principal.team, policies.version
+            body = await read_json(request, self.max_body)
+            record.model = validate(body, op.value)
+            route = self._admit(principal, record.model)
+            deployment = route.pick()
+            if body.get("stream"):
+                if op is Operation.EMBEDDINGS:
+                    raise BadRequest("Embeddings cannot be streamed.", param="stream")
+                record.stream = True
+                stream = await dispatch.open_stream(op, body, deployment, record)
+                record.ttft_s = time.perf_counter() - t0
+                closing = dispatch.closing_usage(op, body, deployment, record)
+                headers = self._headers(rid, record)
+                streaming = True
+                return StreamingResponse(
+                    stream.relay(closing, lambda: self._finish(record)),
+                    media_type="text/event-stream",
+                    headers=headers | {"cache-control": "no-cache", "x-accel-buffering": "no"},
+                )
+            content, reply = await dispatch.complete(op, body, deployment, record)
+            headers = self._headers(rid, record)
+            if reply.usage is not None and reply.usage.estimated:
+                headers["x-gateway-usage"] = "estimated"
+            return Response(content, headers=headers, media_type=JSON)
+        except GatewayError as exc:
+            record.status, record.error_type = exc.status, exc.error_type
+            return error_response(exc, rid)
+        finally:
+            if not streaming:
+                self._finish(record)
+
+    # endpoints -------------------------------------------------------------------------------
+    async def chat(self, request: Request) -> Response:
+        return await self.proxy(request, Operation.CHAT)
+
+    async def completions(self, request: Request) -> Response:
+        return await self.proxy(request, Operation.COMPLETION)
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self.proxy(request, Operation.EMBEDDINGS)
+
+    async def models(self, request: Request) -> Response:
+        rid = request_id(request)
+        try:
+            principal = authenticate(request.headers, self.policies)
+        except GatewayError as exc:
+            return error_response(exc, rid)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "llm-gateway"}
+            for name in self.catalog.models
+            if name in principal.models
+        ]
+        return Response(orjson.dumps({"object": "list", "data": data}), headers={"x-request-id": rid}, media_type=JSON)
+
+    async def healthz(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type=JSON)
+
+    async def readyz(self, request: Request) -> Response:
+        if self.draining:
+            exc = Unavailable("The gateway is draining.", code="draining", retry_after=1)
+            return Response(exc.json(), 503, headers=exc.headers(), media_type=JSON)
+        body = {"status": "ready", "config": self.config.hash, "policies": self.policies.version}
+        return Response(orjson.dumps(body), media_type=JSON)
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def admin_policies(self, request: Request) -> Response:
+        return await self._admin(request, self._policy_status)
+
+    async def admin_reload(self, request: Request) -> Response:
+        return await self._admin(request, self._reload)
+
+    async def _admin(self, request: Request, action: Any) -> Response:
+        rid = request_id(request)
+        try:
+            require_admin(authenticate(request.headers, self.policies))
+            return Response(orjson.dumps(await action()), headers={"x-request-id": rid}, media_type=JSON)
+        except GatewayError as exc:
+            return error_response(exc, rid)
+
+    async def _policy_status(self) -> dict[str, Any]:
+        p = self.policies
+        return {"version": p.version, "files": list(p.files), "open_mode": p.open is not None, "last_error": self.policy_error}
+
+    async def _reload(self) -> dict[str, Any]:
+        self.reload_policies()
+        return await self._policy_status()
+
+    def reload_policies(self) -> None:
+        """Validate the whole policy directory and swap it in at once; on any problem keep the last good set."""
+        try:
+            self.policies = load_policies(self.config)
+            self.policy_error = None
+        except ConfigError as exc:
+            self.policy_error = str(exc)
+            log.error("policy reload rejected, keeping version %s:\n%s", self.policies.version, exc)
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    error = NotFound(f"Unknown path {request.url.path!r}.", code="unknown_url")
+    return Response(error.json(), 404, media_type=JSON)
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    error = GatewayError(f"Method {request.method} is not allowed on {request.url.path!r}.", status=405, code="method_not_allowed")
+    error.type = "invalid_request_error"
+    return Response(error.json(), 405, media_type=JSON)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    error = GatewayError("The gateway hit an internal error.", code="internal_error")
+    return Response(error.json(), 500, media_type=JSON)
+
+
+def create_app(config: Config) -> Starlette:
+    gateway = Gateway(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.startup()
+        try:
+            yield
+        finally:
+            await gateway.shutdown()
+
+    routes = [
+        Route("/v1/chat/completions", gateway.chat, methods=["POST"]),
+        Route("/v1/completions", gateway.completions, methods=["POST"]),
+        Route("/v1/embeddings", gateway.embeddings, methods=["POST"]),
+        Route("/v1/models", gateway.models, methods=["GET"]),
+        Route("/healthz", gateway.healthz, methods=["GET"]),
+        Route("/readyz", gateway.readyz, methods=["GET"]),
+        Route("/metrics", gateway.metrics_endpoint, methods=["GET"]),
+        Route("/admin/policies", gateway.admin_policies, methods=["GET"]),
+        Route("/admin/reload", gateway.admin_reload, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: method_not_allowed, Exception: internal_error}
+    )
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,101 @@
+"""The `gateway` command: serve, check, keys."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import secrets
+import sys
+from pathlib import Path
+
+from gateway.config import Config, ConfigError, default_path, load
+from gateway.config.policies import load_policies
+
+
+def _config_path(value: str | None) -> Path | None:
+    return Path(value) if value else default_path()
+
+
+def _load(path: Path | None) -> Config:
+    return load(path)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    path = _config_path(args.config)
+    try:
+        config = _load(path)
+        load_policies(config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    server = config.file.server
+    host = args.host or server.host
+    port = args.port if args.port is not None else server.port
+    workers = args.workers or server.workers
+    return serve(config, str(path) if path else None, host, port, workers)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    problems = []
+    try:
+        config = _load(path)
+    except ConfigError as exc:
+        problems = exc.problems
+    else:
+        try:
+            from gateway.catalog import build_catalog
+            from gateway.upstream import Pool
+
+            build_catalog(config, Pool(1))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        try:
+            load_policies(config)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    for problem in problems:
+        print(problem)
+    if problems:
+        return 1
+    print(f"ok: {config.source} (hash {config.hash})")
+    return 0
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    key = "sk-gw-" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    print(f"API key (shown once, store it now): {key}\n")
+    print("Policy snippet:\n")
+    print(f'[[keys]]\nname = "{args.name}"\nteam = "{args.team}"\nsha256 = "{digest}"')
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="gateway", description="An OpenAI-compatible LLM gateway.")
+    sub = top.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="config file (default: $GATEWAY_CONFIG, else ./config.toml, else built-in defaults)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(func=cmd_serve)
+    check = sub.add_parser("check", help="validate config and policies; exit 1 with one line per problem")
+    check.add_argument("--config")
+    check.set_defaults(func=cmd_check)
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    new = keys.add_parser("new", help="print a new API key once, and its policy snippet")
+    new.add_argument("--name", default="new-key")
+    new.add_argument("--team", default="default")
+    new.set_defaults(func=cmd_keys_new)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,136 @@
+"""Access policies (SPEC section 3): teams, keys, and what each key may call.
+
+Files in the policies directory are validated together and compiled against the config's models
+into one immutable `PolicySet`: a key's SHA-256 maps straight to the frozen set of model names it
+may use, so the per-request check is two dict/set lookups and no glob matching. A set with any
+problem is never built: the caller keeps the last good one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from gateway.config.load import Config, read_toml
+from gateway.config.problems import ConfigError, Problem, dotted, from_validation
+from gateway.config.schema import Strict
+
+
+class Limits(Strict):
+    rpm: int | None = Field(None, ge=0)
+    tpm: int | None = Field(None, ge=0)
+    max_concurrent: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    budget_usd_per_day: float | None = Field(None, ge=0)
+    budget_usd_per_month: float | None = Field(None, ge=0)
+
+
+class TeamSection(Limits):
+    models: list[str] = ["*"]
+    prompts: list[str] | None = None  # None = any prompt id
+    tools: list[str] | None = None  # None = any function tool
+
+
+class KeySection(Limits):
+    name: str = Field(min_length=1)
+    team: str
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    admin: bool = False
+
+
+class PolicyFile(Strict):
+    teams: dict[str, TeamSection] = {}
+    keys: list[KeySection] = []
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: what a request is admitted as. Never holds the key itself."""
+
+    key_name: str
+    team: str
+    admin: bool
+    models: frozenset[str]
+    limits: Limits
+    prompts: frozenset[str] | None
+    tools: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    keys: dict[str, Principal]  # lower-case hex sha256 -> principal
+    version: str  # content hash of every file, in name order
+    files: tuple[str, ...]
+    open: Principal | None  # no policy files: everyone is this principal (open mode)
+
+
+def policy_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.toml")) if directory.is_dir() else []
+
+
+def load_policies(config: Config) -> PolicySet:
+    directory = config.path(config.file.policies.dir)
+    files = policy_files(directory)
+    problems: list[Problem] = []
+    parsed: list[tuple[str, PolicyFile]] = []
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        try:
+            raw: dict[str, Any] = read_toml(path)
+            parsed.append((str(path), PolicyFile.model_validate(raw)))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except ValidationError as exc:
+            problems.extend(from_validation(str(path), exc))
+    models = sorted(config.file.models)
+    keys = _compile(parsed, models, problems)
+    if problems:
+        raise ConfigError(problems)
+    everyone = None if files else Principal("open", "open", True, frozenset(models), Limits(), None, None)
+    return PolicySet(keys=keys, version=digest.hexdigest()[:16], files=tuple(p.name for p in files), open=everyone)
+
+
+def _compile(parsed: list[tuple[str, PolicyFile]], models: list[str], problems: list[Problem]) -> dict[str, Principal]:
+    teams: dict[str, TeamSection] = {}
+    for source, policy in parsed:
+        for name, team in policy.teams.items():
+            if name in teams:
+                problems.append(Problem(source, dotted("teams", name), "team is defined in more than one file"))
+            teams[name] = team
+    keys: dict[str, Principal] = {}
+    names: set[str] = set()
+    for source, policy in parsed:
+        for i, key in enumerate(policy.keys):
+            found = teams.get(key.team)
+            sha = key.sha256.lower()
+            if found is None:
+                problems.append(Problem(source, dotted("keys", i, "team"), f"no team named {key.team!r}"))
+                continue
+            if sha in keys:
+                problems.append(Problem(source, dotted("keys", i, "sha256"), "the same key is listed twice"))
+            if key.name in names:
+                problems.append(Problem(source, dotted("keys", i, "name"), f"key name {key.name!r} is used twice"))
+            names.add(key.name)
+            keys[sha] = _principal(key, found, models)
+    return keys
+
+
+def _principal(key: KeySection, team: TeamSection, models: list[str]) -> Principal:
+    overrides = {k: v for k, v in key.model_dump(include=set(Limits.model_fields)).items() if v is not None}
+    limits = Limits.model_validate(team.model_dump(include=set(Limits.model_fields)) | overrides)
+    allowed = frozenset(m for m in models if any(fnmatch.fnmatchcase(m, pattern) for pattern in team.models))
+    return Principal(
+        key_name=key.name,
+        team=key.team,
+        admin=key.admin,
+        models=allowed,
+        limits=limits,
+        prompts=frozenset(team.prompts) if team.prompts is not None else None,
+        tools=frozenset(team.tools) if team.tools is not None else None,
+    )

@@ -1,0 +1,117 @@
+"""One error tree for everything a client can be told.
+
+    GatewayError                       status  OpenAI type
+    ├── BadRequest                     400     invalid_request_error
+    ├── AuthenticationError            401     authentication_error
+    ├── PermissionDenied               403     permission_error
+    ├── NotFound                       404     invalid_request_error
+    ├── PayloadTooLarge                413     invalid_request_error
+    ├── RateLimited                    429     rate_limit_error      (carries Retry-After)
+    ├── UpstreamError                  502     upstream_error        (failed, refused, garbage)
+    │   └── UpstreamStatusError        4xx/429 passed through with the provider's own message
+    ├── Unavailable                    503     service_unavailable   (carries Retry-After)
+    └── UpstreamTimeout                504     timeout_error
+
+Library errors (aiohttp, orjson) are translated into this tree once, where they are raised
+(`upstream.py`, `pipeline/body.py`); everything above that edge sees only these classes. Each error
+renders its own OpenAI-shaped body; the message is written for the client and never holds a key,
+a credential-bearing URL or a stack trace.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "internal_error"
+    code: str | None = None
+    retryable = False  # may another attempt (retry, fallback) succeed where this one failed?
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def error_type(self) -> str:
+        """The closed, low-cardinality name used in traces and metrics."""
+        return self.code or self.type
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def json(self) -> bytes:
+        return orjson.dumps(self.body())
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"retry-after": str(max(1, round(self.retry_after)))}
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    retryable = True
+
+
+class UpstreamStatusError(UpstreamError):
+    """A provider's own client-side error (400, 404, 422, 429...) relayed with its status."""
+
+
+class Unavailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "timeout_error"
+    retryable = True

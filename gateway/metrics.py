@@ -1,0 +1,59 @@
+"""Prometheus instruments, on a registry of their own (no module-level state).
+
+With several worker processes the supervisor sets PROMETHEUS_MULTIPROC_DIR before any worker
+imports prometheus_client, so each worker writes its values to shared files and `/metrics`
+aggregates all of them. Labels are closed sets: configured model names (anything else collapses to
+"other") and status codes; never keys or users.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from gateway.pipeline.record import Record
+
+# OpenTelemetry GenAI semantic-convention bucket boundaries
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class Metrics:
+    def __init__(self, models: frozenset[str]) -> None:
+        self._models = models
+        self.registry = CollectorRegistry()
+        self._multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        reg = None if self._multiprocess else self.registry
+        if self._multiprocess:
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+        self.requests = Counter("gateway_requests_total", "Requests by model and HTTP status", ["model", "status"], registry=reg)
+        self.duration = Histogram("gateway_request_duration_seconds", "Request duration", ["model"], buckets=DURATION_BUCKETS, registry=reg)
+        self.ttft = Histogram("gateway_time_to_first_token_seconds", "Time to first token", ["model"], buckets=TTFT_BUCKETS, registry=reg)
+        self.overhead = Histogram("gateway_overhead_seconds", "Gateway time: total minus upstream", buckets=OVERHEAD_BUCKETS, registry=reg)
+        self.tokens = Counter("gateway_tokens_total", "Tokens by model and type", ["model", "type"], registry=reg)
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors_total", "Upstream errors by provider and error type", ["provider", "error_type"], registry=reg
+        )
+        self.in_flight = Gauge("gateway_in_flight_requests", "Requests in progress", registry=reg, multiprocess_mode="livesum")
+
+    def model_label(self, model: str | None) -> str:
+        return model if model in self._models else "other"
+
+    def observe(self, record: Record) -> None:
+        model = self.model_label(record.model)
+        self.requests.labels(model, str(record.status)).inc()
+        self.duration.labels(model).observe(record.duration_s)
+        self.overhead.observe(max(0.0, record.duration_s - record.upstream_s))
+        if record.ttft_s is not None:
+            self.ttft.labels(model).observe(record.ttft_s)
+        if record.usage is not None:
+            self.tokens.labels(model, "input").inc(record.usage.prompt_tokens)
+            self.tokens.labels(model, "output").inc(record.usage.completion_tokens)
+        if record.error_type is not None and record.target is not None and record.status >= 500:
+            self.upstream_errors.labels(record.target.partition("/")[0], record.error_type).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,61 @@
+"""Reading the request body: a size limit enforced while reading, and JSON errors said plainly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from gateway.errors import BadRequest, PayloadTooLarge
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body is larger than the gateway's limit of {limit} bytes.")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    raw = await read_body(request, limit)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The request body is not valid JSON ({exc.msg} at position {exc.pos}).", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
+    "chat": ("messages", list),
+    "text_completion": ("prompt", (str, list)),
+    "embeddings": ("input", (str, list)),
+}
+
+
+def validate(body: dict[str, Any], operation: str) -> str:
+    """Check the fields every provider needs; return the requested model name."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
+    field, kinds = REQUIRED[operation]
+    value = body.get(field)
+    if not isinstance(value, kinds) or (isinstance(value, list) and not value):
+        raise BadRequest(f"'{field}' is a required property and must not be empty.", param=field, code="invalid_value")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise BadRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
+    return model

@@ -1,0 +1,148 @@
+"""Calling the chosen deployment, for complete answers and for streams.
+
+A stream is committed to the client only once the provider has produced its first translated
+event: anything that fails before that (connect errors, error statuses, garbage) is still an
+ordinary HTTP error, which later stages may retry. After the first byte, a failure ends the stream
+with an SSE `error` event and no `[DONE]`, and is never retried. When the client goes away, the
+ASGI server cancels the relay; its `finally` closes the upstream connection at once, so the
+provider stops generating.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError, UpstreamError
+from gateway.pipeline.record import Record
+from gateway.pipeline.usage import estimate
+from gateway.providers.base import Deployment, Operation, Reply, StreamState, StreamTranslator
+from gateway.providers.errors import provider_error
+from gateway.providers.openai import completion_text, garbage
+from gateway.sse import DONE, SSEDecoder, frame
+from gateway.upstream import UpstreamResponse
+
+
+async def _send(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> UpstreamResponse:
+    request = deployment.wire.request(op, body, deployment)
+    record.target = deployment.label
+    response = await deployment.transport.send(request)
+    if response.status >= 300:
+        raw = await response.read()
+        message = deployment.wire.error_message(raw)
+        raise provider_error(deployment.provider, response.status, message, response.headers.get("retry-after"))
+    return response
+
+
+async def complete(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> tuple[bytes, Reply]:
+    started = time.perf_counter()
+    try:
+        response = await _send(op, body, deployment, record)
+        raw = await response.read()
+    finally:
+        record.upstream_s += time.perf_counter() - started
+    reply = deployment.wire.reply(op, raw)
+    if reply.usage is None:
+        reply.usage = estimate(op, body, completion_text(reply), deployment.model)
+        reply.data["usage"] = reply.usage.as_openai()
+        reply.raw = None
+    record.usage = reply.usage
+    record.finish_reason = reply.finish_reason
+    return (reply.raw if reply.raw is not None else orjson.dumps(reply.data)), reply
+
+
+class Stream:
+    """An upstream stream opened up to its first translated bytes, ready to relay the rest."""
+
+    def __init__(self, response: UpstreamResponse, translator: StreamTranslator, record: Record) -> None:
+        self._response = response
+        self._chunks = response.chunks().__aiter__()
+        self._decoder = SSEDecoder()
+        self._translator = translator
+        self._record = record
+        self.first = b""
+
+    @property
+    def state(self) -> StreamState:
+        return self._translator.state
+
+    def _translate(self, piece: bytes) -> bytes:
+        return b"".join([self._translator.feed(event) for event in self._decoder.feed(piece)])
+
+    async def open(self) -> None:
+        """Read until the first translated bytes; raise a GatewayError if the stream fails first."""
+        try:
+            while not self.first:
+                self.first = self._translate(await anext(self._chunks))
+        except StopAsyncIteration:
+            raise garbage() from None
+        except BaseException:
+            self._response.close()
+            raise
+
+    async def relay(self, closing: Callable[[StreamState], bytes], done: Callable[[], None]) -> AsyncIterator[bytes]:
+        record = self._record
+        finished = False
+        try:
+            yield self.first
+            async for piece in self._chunks:
+                out = self._translate(piece)
+                if out:
+                    yield out
+            if not (self.state.done or self.state.finish_reason):
+                raise UpstreamError("the provider ended the stream before it was complete", code="stream_incomplete")
+            finished = True
+            yield closing(self.state) + DONE
+        except GatewayError as exc:
+            record.status, record.error_type = exc.status, exc.error_type
+            yield frame(exc.json(), "error")
+        except ValueError:  # an SSE event over the size limit
+            error = garbage()
+            record.status, record.error_type = error.status, error.error_type
+            yield frame(error.json(), "error")
+        finally:
+            if not finished:
+                self._response.close()
+                if record.error_type is None:
+                    record.status, record.error_type = 499, "client_disconnected"
+            done()
+
+
+async def open_stream(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> Stream:
+    started = time.perf_counter()
+    try:
+        response = await _send(op, body, deployment, record)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        stream = Stream(response, deployment.wire.stream(op, include_usage), record)
+        await stream.open()
+    finally:
+        record.upstream_s += time.perf_counter() - started
+    return stream
+
+
+def closing_usage(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> Callable[[StreamState], bytes]:
+    """At the end of a stream: settle usage, estimating it (and telling the client if it asked) when absent."""
+
+    def close(state: StreamState) -> bytes:
+        record.finish_reason = state.finish_reason
+        if state.usage is not None:
+            record.usage = state.usage
+            return b""
+        record.usage = usage = estimate(op, body, "".join(state.text), deployment.model)
+        if not state.include_usage:
+            return b""
+        obj = "chat.completion.chunk" if op is Operation.CHAT else "text_completion"
+        chunk: dict[str, Any] = {
+            "id": state.response_id,
+            "object": obj,
+            "created": int(time.time()),
+            "model": state.response_model or deployment.model,
+            "choices": [],
+            "usage": usage.as_openai(),
+        }
+        return frame(orjson.dumps(chunk))
+
+    return close

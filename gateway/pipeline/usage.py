@@ -1,0 +1,20 @@
+"""Usage when the provider reported none: counted with tiktoken and marked as estimated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import tokens
+from gateway.providers.base import Operation, Usage
+
+
+def prompt_tokens(op: Operation, body: dict[str, Any], model: str) -> int:
+    if op is Operation.CHAT:
+        messages = body.get("messages")
+        return tokens.count_messages(messages if isinstance(messages, list) else [], model)
+    return tokens.count_prompt(body.get("prompt" if op is Operation.COMPLETION else "input"), model)
+
+
+def estimate(op: Operation, body: dict[str, Any], completion: str, model: str) -> Usage:
+    output = tokens.count_text(completion, model) if completion else 0
+    return Usage(prompt_tokens(op, body, model), output, estimated=True)

@@ -1,0 +1,113 @@
+"""What a provider module is: pure transforms between OpenAI's wire format and a provider's.
+
+A `WireFormat` builds the upstream request from the client's (already parsed) body, turns the
+provider's answer into OpenAI's, translates a stream event by event, and maps the provider's error
+bodies. It never touches a socket: the dispatcher sends what it builds through a `Transport`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from gateway.sse import Event
+from gateway.upstream import Transport, UpstreamRequest
+
+
+class Operation(StrEnum):
+    """Values of the OpenTelemetry attribute gen_ai.operation.name."""
+
+    CHAT = "chat"
+    COMPLETION = "text_completion"
+    EMBEDDINGS = "embeddings"
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    estimated: bool = False
+
+    def as_openai(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
+
+
+def usage_from_openai(usage: Any) -> Usage | None:
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        cached_tokens=int(cached or 0),
+    )
+
+
+@dataclass(slots=True)
+class Reply:
+    """A complete answer, in OpenAI's format, ready for the client."""
+
+    data: dict[str, Any]
+    raw: bytes | None  # the provider's bytes when they can be relayed as they are
+    usage: Usage | None
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class StreamState:
+    """What a stream translation has learned so far (for usage, traces and estimates)."""
+
+    include_usage: bool  # the client asked for usage in its stream
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    done: bool = False  # the provider ended the stream properly
+    response_id: str | None = None
+    response_model: str | None = None
+    text: list[str] = field(default_factory=list)  # completion text, kept for estimates
+
+
+class StreamTranslator(Protocol):
+    state: StreamState
+
+    def feed(self, event: Event) -> bytes:
+        """The OpenAI SSE bytes to send for one provider event (may be empty)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One target of a model, resolved at load: everything needed to call it."""
+
+    provider: str
+    model: str  # the upstream model name (or the adapter name, for LoRA adapters)
+    weight: float
+    wire: WireFormat
+    transport: Transport
+    base_url: str
+    headers: dict[str, str]
+    label: str = ""  # "provider/model", the x-gateway-target value
+
+    @property
+    def kind(self) -> str:
+        return self.wire.kind
+
+
+class WireFormat(Protocol):
+    kind: str
+
+    def auth_headers(self, key: str) -> dict[str, str]: ...
+
+    def request(self, op: Operation, body: dict[str, Any], deployment: Deployment) -> UpstreamRequest: ...
+    def reply(self, op: Operation, raw: bytes) -> Reply: ...
+    def stream(self, op: Operation, include_usage: bool) -> StreamTranslator: ...
+    def error_message(self, raw: bytes) -> str | None: ...

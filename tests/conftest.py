@@ -1,0 +1,209 @@
+"""Shared fixtures: a fake OpenAI upstream on a real socket, and gateways run as real processes.
+
+`gateway_factory` writes a config and policy files to a temporary directory and starts
+`python -m gateway serve` on a free port, exactly as a user would; tests then talk to it over
+HTTP with the official `openai` SDK or httpx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakes.openai_upstream import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = {"alpha": "sk-test-alpha-0123456789abcdef", "beta": "sk-test-beta-0123456789abcdef", "admin": "sk-test-admin-0123456789abcdef"}
+
+
+def sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+DEFAULT_POLICY = f"""
+[teams.alpha]
+models = ["gpt-*", "demo-*", "slow*"]
+
+[teams.beta]
+models = ["demo-echo"]
+
+[[keys]]
+name = "alpha-app"
+team = "alpha"
+sha256 = "{sha(KEYS["alpha"])}"
+
+[[keys]]
+name = "beta-app"
+team = "beta"
+sha256 = "{sha(KEYS["beta"])}"
+
+[[keys]]
+name = "ops"
+team = "alpha"
+admin = true
+sha256 = "{sha(KEYS["admin"])}"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class GatewayProcess:
+    directory: Path
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway not ready:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+GatewayFactory = Callable[..., GatewayProcess]
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake(upstream: FakeOpenAI) -> FakeOpenAI:
+    upstream.reset()
+    return upstream
+
+
+def config_for(upstream_url: str, extra: str = "", server: str = "") -> str:
+    return f"""
+[server]
+host = "127.0.0.1"
+{server}
+
+[state]
+traces = "sqlite:///traces.db"
+
+[providers.fake]
+kind = "openai"
+base_url = "{upstream_url}"
+api_key = "env:FAKE_UPSTREAM_KEY"
+read_timeout_s = 2
+
+[providers.demo]
+kind = "mock"
+chunks = 4
+
+[models."gpt-4o-mini"]
+targets = [{{ provider = "fake", model = "gpt-4o-mini-upstream" }}]
+
+[models."demo-echo"]
+targets = [{{ provider = "demo", model = "echo" }}]
+
+[policies]
+dir = "policies"
+{extra}
+"""
+
+
+UPSTREAM_KEY = "sk-upstream-canary-9f8e7d6c5b4a"
+
+
+def start_gateway(
+    directory: Path, config: str, policies: dict[str, str] | None = None, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> GatewayProcess:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.toml").write_text(config)
+    pol = directory / "policies"
+    pol.mkdir(exist_ok=True)
+    for name, text in (policies if policies is not None else {"default.toml": DEFAULT_POLICY}).items():
+        (pol / name).write_text(text)
+    port = free_port()
+    log_path = directory / "gateway.log"
+    full_env = {**os.environ, "FAKE_UPSTREAM_KEY": UPSTREAM_KEY, "PYTHONUNBUFFERED": "1", **(env or {})}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(directory / "config.toml"), "--port", str(port), *args],
+        cwd=directory,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=full_env,
+    )
+    gw = GatewayProcess(directory, port, process, log_path, full_env)
+    gw.wait_ready()
+    return gw
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
+    started: list[GatewayProcess] = []
+
+    def make(
+        config: str, policies: dict[str, str] | None = None, args: tuple[str, ...] = (), env: dict[str, str] | None = None, name: str = "gw"
+    ) -> GatewayProcess:
+        gw = start_gateway(tmp_path / f"{name}{len(started)}", config, policies, args, env)
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop(signal.SIGKILL if gw.process.poll() is None and False else signal.SIGTERM, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def module_gateway(tmp_path_factory: pytest.TempPathFactory, upstream: FakeOpenAI) -> Iterator[GatewayProcess]:
+    """One gateway for a whole test module, with the default config and policies."""
+    gw = start_gateway(tmp_path_factory.mktemp("gw"), config_for(upstream.base_url))
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def gateway(module_gateway: GatewayProcess, fake: FakeOpenAI) -> GatewayProcess:
+    return module_gateway

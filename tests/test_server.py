@@ -1,0 +1,115 @@
+"""The server itself: slow-header clients are cut off, SIGTERM drains, several workers share a port."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import KEYS, GatewayFactory
+
+MOCK_ONLY = """
+[server]
+host = "127.0.0.1"
+{server}
+[state]
+traces = "sqlite:///traces.db"
+[providers.demo]
+kind = "mock"
+chunks = 10
+chunk_delay_ms = {delay}
+[models."demo-echo"]
+targets = [{{ provider = "demo", model = "echo" }}]
+[policies]
+dir = "policies"
+"""
+
+
+def client(url: str, key: str = KEYS["alpha"]) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=30)
+
+
+def test_client_that_trickles_its_headers_is_disconnected_after_10s(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(MOCK_ONLY.format(server="", delay=0))
+    socks = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", gw.port))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        socks.append(s)
+    idle = socket.create_connection(("127.0.0.1", gw.port))  # connects and says nothing at all
+    socks.append(idle)
+    started = time.monotonic()
+    closed_at: dict[int, float] = {}
+    while len(closed_at) < len(socks) and time.monotonic() - started < 20:
+        for i, s in enumerate(socks):
+            if i in closed_at:
+                continue
+            try:
+                if i != len(socks) - 1:
+                    s.sendall(b"X")  # one byte of a header line per round, never finishing it
+                s.settimeout(0.01)
+                if s.recv(1) == b"":
+                    closed_at[i] = time.monotonic() - started
+            except TimeoutError:
+                pass
+            except OSError:
+                closed_at[i] = time.monotonic() - started
+        # well-behaved clients are served meanwhile
+        assert client(gw.base_url).chat.completions.create(model="demo-echo", messages=[{"role": "user", "content": "hi"}]).choices
+        time.sleep(0.5)
+    for s in socks:
+        s.close()
+    assert len(closed_at) == len(socks), closed_at
+    assert 9 <= min(closed_at.values()) and max(closed_at.values()) <= 12.5, closed_at
+
+
+def test_sigterm_lets_streams_finish_then_exits_0(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(MOCK_ONLY.format(server="drain_timeout_s = 20", delay=150))
+    pieces: list[str] = []
+    first = threading.Event()
+    errors: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            stream = client(gw.base_url).chat.completions.create(
+                model="demo-echo", messages=[{"role": "user", "content": "drain me please, all of me"}], stream=True
+            )
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces.append(chunk.choices[0].delta.content)
+                    first.set()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    assert first.wait(10)
+    gw.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    with pytest.raises(httpx.ConnectError):  # no longer accepting
+        httpx.get(gw.url + "/healthz", timeout=1)
+    thread.join(20)
+    assert not errors, errors
+    assert "".join(pieces) == "drain me please, all of me"
+    assert gw.process.wait(20) == 0
+
+
+def test_workers_share_the_port_and_metrics(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(MOCK_ONLY.format(server="", delay=0), args=("--workers", "2"))
+    c = client(gw.base_url)
+    for _ in range(40):
+        with httpx.Client() as fresh:  # new connections, so the kernel spreads them over both workers
+            r = fresh.post(gw.base_url + "/chat/completions", json={"model": "demo-echo", "messages": [{"role": "user", "content": "x"}]},
+                           headers={"authorization": f"Bearer {KEYS['alpha']}"})
+            assert r.status_code == 200
+    assert c.models.list().data[0].id == "demo-echo"
+    text = httpx.get(gw.url + "/metrics").text
+    counts = [float(v) for v in re.findall(r'^gateway_requests_total\{model="demo-echo",status="200"\} (\S+)$', text, re.M)]
+    assert sum(counts) == 40, text[:2000]
+    assert gw.stop() == 0
