@@ -6,7 +6,6 @@ the endpoints, so nothing lives in module globals and a test can build as many a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -18,10 +17,9 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import tokens
 from gateway.catalog import Catalog, ModelRoute, build_catalog
 from gateway.config import Config, ConfigError
 from gateway.config.policies import PolicySet, Principal, load_policies
@@ -31,7 +29,14 @@ from gateway.pipeline import dispatch
 from gateway.pipeline.auth import authenticate, require_admin
 from gateway.pipeline.body import read_json, validate
 from gateway.pipeline.record import Record
+from gateway.pipeline.route import Attempts, pick_model
+from gateway.prompts.admin import PromptAdmin
+from gateway.prompts.resolve import apply as apply_prompt
+from gateway.prompts.resolve import referenced
+from gateway.prompts.service import PromptService
 from gateway.providers.base import Operation
+from gateway.routing import RetryBudget
+from gateway.streaming import SSEResponse
 from gateway.upstream import Pool
 
 log = logging.getLogger("gateway")
@@ -59,20 +64,24 @@ class Gateway:
         self.metrics = Metrics(frozenset(self.catalog.models))
         self.max_body = config.file.server.max_body_bytes
         self.draining = False
-        self._warmup: asyncio.Future[Any] | None = None
+        self.max_in_flight = config.file.server.max_in_flight
+        self.keepalive_s = config.file.server.sse_keepalive_s
+        self.budget = RetryBudget()
+        self.attempts = Attempts(self.catalog, self.budget)
+        self.prompts = PromptService(config)
+        self.prompt_admin = PromptAdmin(self.prompts, lambda: self.policies, self.max_body)
 
     # lifecycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
         await self.pool.open()
-        loop = asyncio.get_running_loop()
-        # tiktoken's first load takes ~0.5 s: do it in a thread so no request waits for it
-        self._warmup = loop.run_in_executor(None, tokens.encoding, "gpt-4o")
+        await self.prompts.start()
         if self.policies.open is not None:
             log.warning(
                 "OPEN MODE: no policy files in %s; every request is admitted without a key", self.config.path(self.config.file.policies.dir)
             )
 
     async def shutdown(self) -> None:
+        await self.prompts.stop()
         await self.pool.close()
 
     # stages ----------------------------------------------------------------------------------
@@ -84,15 +93,30 @@ class Gateway:
             raise PermissionDenied(f"This key may not use the model `{model}`.", param="model", code="model_not_allowed")
         return route
 
+    def _apply_prompt(self, body: dict[str, Any], principal: Principal, op: Operation, record: Record) -> dict[str, Any]:
+        body, resolved = apply_prompt(body, self.prompts.registry, principal.prompts, op)
+        version = resolved.version
+        record.prompt_id, record.prompt_version, record.prompt_label, record.prompt_hash = (
+            resolved.prompt_id,
+            version.number,
+            resolved.label,
+            version.hash,
+        )
+        return body
+
     def _headers(self, rid: str, record: Record) -> dict[str, str]:
-        return {
+        headers = {
             "x-request-id": rid,
             "x-gateway-target": record.target or "",
             "x-gateway-cache": "bypass",
             "x-gateway-overhead-ms": f"{record.overhead_ms(time.perf_counter()):.2f}",
         }
+        if record.prompt_id is not None:
+            headers["x-gateway-prompt"] = f"{record.prompt_id}@{record.prompt_version}"
+        return headers
 
     def _finish(self, record: Record) -> None:
+        self.budget.requests -= 1
         record.close()
         self.metrics.observe(record)
         if record.status >= 500:
@@ -103,36 +127,44 @@ class Gateway:
         rid = request_id(request)
         record = Record(rid, op.value, time.time(), t0)
         streaming = False
+        self.budget.requests += 1
         try:
+            if self.budget.requests > self.max_in_flight:
+                raise Unavailable("The gateway is at capacity; retry shortly.", code="overloaded", retry_after=1)
             policies = self.policies
             principal = authenticate(request.headers, policies)
             record.key_name, record.team, record.policy_version = principal.key_name, principal.team, policies.version
             body = await read_json(request, self.max_body)
+            if referenced(body):
+                body = self._apply_prompt(body, principal, op, record)
             record.model = validate(body, op.value)
             route = self._admit(principal, record.model)
-            deployment = route.pick()
+            if route.rules:
+                route, record.route_rule = pick_model(self.catalog, route, body, request.headers.get("x-gateway-route-tag"))
             if body.get("stream"):
                 if op is Operation.EMBEDDINGS:
                     raise BadRequest("Embeddings cannot be streamed.", param="stream")
                 record.stream = True
-                stream = await dispatch.open_stream(op, body, deployment, record)
+                deployment, stream = await self.attempts.serve(op, body, route, record, streaming=True)
+                stream.deadline = t0 + route.deadline_s
                 record.ttft_s = time.perf_counter() - t0
                 closing = dispatch.closing_usage(op, body, deployment, record)
                 headers = self._headers(rid, record)
                 streaming = True
-                return StreamingResponse(
-                    stream.relay(closing, lambda: self._finish(record)),
-                    media_type="text/event-stream",
-                    headers=headers | {"cache-control": "no-cache", "x-accel-buffering": "no"},
-                )
-            content, reply = await dispatch.complete(op, body, deployment, record)
+                return SSEResponse(stream.relay(closing, lambda: self._finish(record)), headers, self.keepalive_s)
+            deployment, (content, reply) = await self.attempts.serve(op, body, route, record, streaming=False)
             headers = self._headers(rid, record)
             if reply.usage is not None and reply.usage.estimated:
                 headers["x-gateway-usage"] = "estimated"
+            if record.priced:
+                headers["x-gateway-cost-usd"] = f"{record.cost_usd:.10f}"
             return Response(content, headers=headers, media_type=JSON)
         except GatewayError as exc:
             record.status, record.error_type = exc.status, exc.error_type
-            return error_response(exc, rid)
+            response = error_response(exc, rid)
+            if record.prompt_id is not None:
+                response.headers["x-gateway-prompt"] = f"{record.prompt_id}@{record.prompt_version}"
+            return response
         finally:
             if not streaming:
                 self._finish(record)
@@ -243,6 +275,7 @@ def create_app(config: Config) -> Starlette:
         Route("/metrics", gateway.metrics_endpoint, methods=["GET"]),
         Route("/admin/policies", gateway.admin_policies, methods=["GET"]),
         Route("/admin/reload", gateway.admin_reload, methods=["POST"]),
+        *gateway.prompt_admin.routes(),
     ]
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: method_not_allowed, Exception: internal_error}

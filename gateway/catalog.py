@@ -7,37 +7,46 @@ Wire formats and transports are chosen from a small kind -> factory table.
 
 from __future__ import annotations
 
-import bisect
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.config import Config, ConfigError, Problem
 from gateway.config.problems import dotted
-from gateway.config.schema import ProviderSection
+from gateway.config.schema import ProviderSection, RuleSection
+from gateway.pricing import load_table, resolve
+from gateway.providers import anthropic, gemini
+from gateway.providers.azure import AzureWire
 from gateway.providers.base import Deployment, WireFormat
 from gateway.providers.mock import MockTransport
 from gateway.providers.openai import OpenAIWire
+from gateway.routing import Balancer
 from gateway.upstream import HttpTransport, Pool, Transport
 
-WIRE_FORMATS: dict[str, Callable[[], WireFormat]] = {"openai": OpenAIWire, "mock": OpenAIWire}
+WIRE_FORMATS: dict[str, Callable[[ProviderSection], WireFormat]] = {
+    "openai": lambda p: AzureWire(p.api_version) if p.azure else OpenAIWire(),
+    "anthropic": lambda p: anthropic.AnthropicWire(p.anthropic_version),
+    "gemini": lambda p: gemini.GeminiWire(),
+    "mock": lambda p: OpenAIWire(),
+}
+DEFAULT_BASE_URLS = {"anthropic": anthropic.DEFAULT_BASE_URL, "gemini": gemini.DEFAULT_BASE_URL, "mock": "mock://"}
+
+
+def base_url(provider: ProviderSection) -> str:
+    return (provider.base_url or DEFAULT_BASE_URLS[provider.kind]).rstrip("/")
 
 
 @dataclass(frozen=True, slots=True)
 class ModelRoute:
+    """A model clients may name: its deployments, their balancer, and what to do when they fail."""
+
     name: str
     deployments: tuple[Deployment, ...]
     fallbacks: tuple[str, ...]
-    _cumulative: tuple[float, ...]
-
-    def pick(self) -> Deployment:
-        """Weighted random choice among the model's deployments."""
-        if len(self.deployments) == 1:
-            return self.deployments[0]
-        point = random.random() * self._cumulative[-1]
-        return self.deployments[bisect.bisect_right(self._cumulative, point)]
-
+    balancer: Balancer
+    retries: int
+    deadline_s: float
+    rules: tuple[RuleSection, ...] = ()
 
 @dataclass(frozen=True, slots=True)
 class Catalog:
@@ -47,10 +56,9 @@ class Catalog:
 def _transport(name: str, provider: ProviderSection, pool: Pool) -> Transport:
     if provider.kind == "mock":
         return MockTransport(provider.chunks, provider.chunk_delay_ms, provider.delay_ms)
-    assert provider.base_url is not None
-    parts = urlsplit(provider.base_url)
+    parts = urlsplit(base_url(provider))
     address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
-    return HttpTransport(pool, name, address, provider.connect_timeout_s, provider.read_timeout_s)
+    return HttpTransport(pool, name, address, provider.connect_timeout_s, provider.idle_timeout_s)
 
 
 def _headers(config: Config, name: str, provider: ProviderSection, wire: WireFormat) -> dict[str, str]:
@@ -71,7 +79,8 @@ def build_catalog(config: Config, pool: Pool) -> Catalog:
     if problems:
         raise ConfigError(problems)
     transports = {name: _transport(name, p, pool) for name, p in file.providers.items()}
-    wires = {name: WIRE_FORMATS[p.kind]() for name, p in file.providers.items()}
+    wires = {name: WIRE_FORMATS[p.kind](p) for name, p in file.providers.items()}
+    prices = load_table()
     headers = {name: _headers(config, name, p, wires[name]) for name, p in file.providers.items()}
     models = {}
     for model, section in file.models.items():
@@ -86,14 +95,17 @@ def build_catalog(config: Config, pool: Pool) -> Catalog:
                     weight=target.weight,
                     wire=wires[target.provider],
                     transport=transports[target.provider],
-                    base_url=(provider.base_url or "mock://").rstrip("/"),
+                    base_url=base_url(provider),
                     headers=headers[target.provider],
                     label=f"{target.provider}/{upstream_model}",
+                    price=resolve(target.price, section.price, prices, target.model),
+                    first_byte_s=section.first_byte_timeout_s or provider.first_byte_timeout_s,
                 )
             )
-        cumulative, total = [], 0.0
-        for d in deployments:
-            total += d.weight
-            cumulative.append(total)
-        models[model] = ModelRoute(model, tuple(deployments), tuple(section.fallbacks), tuple(cumulative))
+        balancer = Balancer(
+            [d.weight for d in deployments], section.strategy, section.sticky, section.eject_after, section.ejection_s
+        )
+        models[model] = ModelRoute(
+            model, tuple(deployments), tuple(section.fallbacks), balancer, section.retries, section.deadline_s, tuple(section.rules)
+        )
     return Catalog(models)

@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, check, keys."""
+"""The `gateway` command: serve, check, keys, prompts."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 from gateway.config import Config, ConfigError, default_path, load
 from gateway.config.policies import load_policies
+from gateway.prompts import commands as prompt_commands
+from gateway.prompts.files import load_files
 
 
 def _config_path(value: str | None) -> Path | None:
@@ -28,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = _load(path)
         load_policies(config)
+        load_files(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -57,6 +60,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             load_policies(config)
         except ConfigError as exc:
             problems.extend(exc.problems)
+        try:
+            load_files(config)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     for problem in problems:
         print(problem)
     if problems:
@@ -83,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
     serve.set_defaults(func=cmd_serve)
-    check = sub.add_parser("check", help="validate config and policies; exit 1 with one line per problem")
+    check = sub.add_parser("check", help="validate config, policies and prompts; exit 1 with one line per problem")
     check.add_argument("--config")
     check.set_defaults(func=cmd_check)
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
@@ -91,6 +98,7 @@ def parser() -> argparse.ArgumentParser:
     new.add_argument("--name", default="new-key")
     new.add_argument("--team", default="default")
     new.set_defaults(func=cmd_keys_new)
+    prompt_commands.add_parser(sub)
     return top
 
 

@@ -9,6 +9,7 @@ aggregates all of them. Labels are closed sets: configured model names (anything
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -19,6 +20,15 @@ from gateway.pipeline.record import Record
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class _Children(NamedTuple):
+    requests: Counter
+    duration: Histogram
+    ttft: Histogram
+    input_tokens: Counter
+    output_tokens: Counter
 
 
 class Metrics:
@@ -38,22 +48,55 @@ class Metrics:
             "gateway_upstream_errors_total", "Upstream errors by provider and error type", ["provider", "error_type"], registry=reg
         )
         self.in_flight = Gauge("gateway_in_flight_requests", "Requests in progress", registry=reg, multiprocess_mode="livesum")
+        self.cache_results = Counter("gateway_cache_results_total", "Cache results (hit/miss/bypass/coalesced)", ["model", "result"], registry=reg)
+        self.cache_errors = Counter("gateway_cache_errors_total", "Cache backend failures, each bypassed", ["operation"], registry=reg)
+        self.batch_requests = Histogram(
+            "gateway_embeddings_batch_requests", "Requests per upstream embeddings call", buckets=BATCH_BUCKETS, registry=reg
+        )
+        self.batch_inputs = Histogram("gateway_embeddings_batch_inputs", "Inputs per upstream embeddings call", buckets=BATCH_BUCKETS, registry=reg)
+        self._cache_children: dict[tuple[str, str], Counter] = {}
+
+        self._children: dict[tuple[str, int], _Children] = {}
 
     def model_label(self, model: str | None) -> str:
         return model if model in self._models else "other"
 
+    def _for(self, model: str | None, status: int) -> _Children:
+        # prometheus-client's labels() costs ~1 us a call; the label sets are few, so resolve each once
+        key = (self.model_label(model), status)
+        children = self._children.get(key)
+        if children is None:
+            name = key[0]
+            children = self._children[key] = _Children(
+                self.requests.labels(name, str(status)),
+                self.duration.labels(name),
+                self.ttft.labels(name),
+                self.tokens.labels(name, "input"),
+                self.tokens.labels(name, "output"),
+            )
+        return children
+
     def observe(self, record: Record) -> None:
-        model = self.model_label(record.model)
-        self.requests.labels(model, str(record.status)).inc()
-        self.duration.labels(model).observe(record.duration_s)
+        c = self._for(record.model, record.status)
+        c.requests.inc()
+        c.duration.observe(record.duration_s)
         self.overhead.observe(max(0.0, record.duration_s - record.upstream_s))
         if record.ttft_s is not None:
-            self.ttft.labels(model).observe(record.ttft_s)
+            c.ttft.observe(record.ttft_s)
         if record.usage is not None:
-            self.tokens.labels(model, "input").inc(record.usage.prompt_tokens)
-            self.tokens.labels(model, "output").inc(record.usage.completion_tokens)
+            c.input_tokens.inc(record.usage.prompt_tokens)
+            c.output_tokens.inc(record.usage.completion_tokens)
         if record.error_type is not None and record.target is not None and record.status >= 500:
             self.upstream_errors.labels(record.target.partition("/")[0], record.error_type).inc()
+        cache_key = (self.model_label(record.model), record.cache)
+        cache = self._cache_children.get(cache_key)
+        if cache is None:
+            cache = self._cache_children[cache_key] = self.cache_results.labels(*cache_key)
+        cache.inc()
+
+    def batch(self, requests: int, inputs: int) -> None:
+        self.batch_requests.observe(requests)
+        self.batch_inputs.observe(inputs)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -113,6 +113,7 @@ def uvicorn_config(config: Config) -> uvicorn.Config:
         timeout_graceful_shutdown=int(server.drain_timeout_s) or None,
         timeout_keep_alive=5,
         server_header=False,
+        proxy_headers=False,
         date_header=False,
         backlog=4096,
     )

@@ -9,6 +9,7 @@ or reading is translated here, once, into the `errors` tree.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -38,11 +39,11 @@ class UpstreamResponse(Protocol):
 class Transport(Protocol):
     address: str  # host:port of the real upstream, for traces
 
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
+    async def send(self, request: UpstreamRequest, first_byte_s: float) -> UpstreamResponse: ...
 
 
 @contextlib.contextmanager
-def translated(provider: str) -> Iterator[None]:
+def translated(provider: str, waiting_for_headers: bool = False) -> Iterator[None]:
     """Map whatever the network raises into the gateway's error tree, naming only the provider."""
     try:
         yield
@@ -51,7 +52,9 @@ def translated(provider: str) -> Iterator[None]:
     except aiohttp.ConnectionTimeoutError:
         raise UpstreamTimeout(f"connecting to provider {provider!r} timed out", code="connect_timeout") from None
     except (TimeoutError, aiohttp.SocketTimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamTimeout(f"provider {provider!r} did not answer in time", code="read_timeout") from None
+        if waiting_for_headers:
+            raise UpstreamTimeout(f"provider {provider!r} did not start answering in time", code="first_byte_timeout") from None
+        raise UpstreamTimeout(f"provider {provider!r} went silent mid-response", code="idle_timeout") from None
     except aiohttp.ClientConnectorError:
         raise UpstreamError(f"could not connect to provider {provider!r}", code="connect_error") from None
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError, ConnectionError):
@@ -108,13 +111,16 @@ class HttpResponse:
 
 
 class HttpTransport:
-    def __init__(self, pool: Pool, provider: str, address: str, connect_s: float, read_s: float) -> None:
+    """Connect timeout from aiohttp; first byte (response headers) bounded here; idle gaps by sock_read."""
+
+    def __init__(self, pool: Pool, provider: str, address: str, connect_s: float, idle_s: float) -> None:
         self._pool = pool
         self._provider = provider
         self.address = address
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=idle_s)
 
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        with translated(self._provider):
-            response = await self._pool.session.post(request.url, data=request.body, headers=request.headers, timeout=self._timeout)
+    async def send(self, request: UpstreamRequest, first_byte_s: float) -> UpstreamResponse:
+        with translated(self._provider, waiting_for_headers=True):
+            async with asyncio.timeout(first_byte_s):
+                response = await self._pool.session.post(request.url, data=request.body, headers=request.headers, timeout=self._timeout)
         return HttpResponse(response, self._provider)

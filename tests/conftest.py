@@ -135,7 +135,8 @@ traces = "sqlite:///traces.db"
 kind = "openai"
 base_url = "{upstream_url}"
 api_key = "env:FAKE_UPSTREAM_KEY"
-read_timeout_s = 2
+first_byte_timeout_s = 2
+idle_timeout_s = 2
 
 [providers.demo]
 kind = "mock"
@@ -143,6 +144,7 @@ chunks = 4
 
 [models."gpt-4o-mini"]
 targets = [{{ provider = "fake", model = "gpt-4o-mini-upstream" }}]
+retries = 0  # the foundation tests see each upstream fault as it is; routing tests retry
 
 [models."demo-echo"]
 targets = [{{ provider = "demo", model = "echo" }}]

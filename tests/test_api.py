@@ -40,7 +40,9 @@ def test_client_request_id_is_kept(gateway: GatewayProcess) -> None:
 
 def test_streamed_chat_matches_the_complete_answer(gateway: GatewayProcess, fake: FakeOpenAI) -> None:
     fake.script(Behavior(chunks=6))
-    stream = client(gateway).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "one two three four"}], stream=True)
+    stream = client(gateway).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "one two three four"}], stream=True
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: one two three four"
     assert all(c.choices for c in chunks)  # the usage-only chunk the gateway asked for is not forwarded
@@ -58,7 +60,9 @@ def test_stream_usage_when_the_client_asks(gateway: GatewayProcess) -> None:
 
 def test_usage_is_estimated_when_upstream_reports_none(gateway: GatewayProcess, fake: FakeOpenAI) -> None:
     fake.script(Behavior(usage=False), Behavior(usage=False))
-    raw = client(gateway).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hello world"}])
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello world"}]
+    )
     assert raw.headers["x-gateway-usage"] == "estimated"
     usage = raw.parse().usage
     assert usage is not None

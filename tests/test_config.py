@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def check(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", "check", "--config", str(path)], capture_output=True, text=True, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--config", str(path)], capture_output=True, text=True, env=env, check=False
+    )
 
 
 def test_example_config_is_valid() -> None:
@@ -55,13 +57,15 @@ targets = []
     for prefix in expected:
         assert any(line.startswith(prefix) for line in lines), (prefix, lines)
     # schema errors stop before cross-references; fix them and the rest appear
-    cfg.write_text(cfg.read_text().replace("prot = 1\nport = \"x\"\n", "").replace("targets = []", 'targets = [{ provider = "up", model = "m" }]'))
+    cfg.write_text(
+        cfg.read_text().replace('prot = 1\nport = "x"\n', "").replace("targets = []", 'targets = [{ provider = "up", model = "m" }]')
+    )
     lines = check(cfg).stdout.strip().splitlines()
-    assert f"{cfg}: providers.up.api_key: must be a reference \"env:NAME\" or \"file:PATH\", never the secret itself" in lines
+    assert f'{cfg}: providers.up.api_key: must be a reference "env:NAME" or "file:PATH", never the secret itself' in lines
     assert f"{cfg}: providers.up.base_url: required for kind 'openai'" in lines
     assert f"{cfg}: providers.claude.api_key: environment variable SURELY_NOT_SET_ANYWHERE is not set" in lines
-    assert f'{cfg}: models.gpt-4o-mini.targets[0].provider: no provider named \'nope\'' in lines
-    assert f'{cfg}: models.gpt-4o-mini.fallbacks[0]: no model named \'missing-model\'' in lines
+    assert f"{cfg}: models.gpt-4o-mini.targets[0].provider: no provider named 'nope'" in lines
+    assert f"{cfg}: models.gpt-4o-mini.fallbacks[0]: no model named 'missing-model'" in lines
     assert "sk-inline-secret-123" not in result.stdout + result.stderr
 
 
@@ -127,7 +131,9 @@ def test_every_spec_key_parses(tmp_path: Path) -> None:
 
 
 def test_keys_new_prints_key_and_matching_sha() -> None:
-    result = subprocess.run([sys.executable, "-m", "gateway", "keys", "new", "--name", "app", "--team", "t"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "keys", "new", "--name", "app", "--team", "t"], capture_output=True, text=True, check=True
+    )
     key = result.stdout.split("store it now): ", 1)[1].split()[0]
     assert key.startswith("sk-gw-") and len(key) > 40
     assert f'sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"' in result.stdout

@@ -91,14 +91,18 @@ def test_upstream_server_error_is_502(gateway: GatewayProcess, fake: FakeOpenAI)
 
 
 def test_upstream_auth_failure_is_502_without_the_message(gateway: GatewayProcess, fake: FakeOpenAI) -> None:
-    body = b'{"error": {"message": "Incorrect API key provided: sk-upstr***b4a", "type": "invalid_request_error", "code": "invalid_api_key"}}'
+    body = (
+        b'{"error": {"message": "Incorrect API key provided: sk-upstr***b4a", "type": "invalid_request_error", "code": "invalid_api_key"}}'
+    )
     fake.script(Behavior(status=401, body=body))
     error = assert_openai_error(post(gateway, CHAT), 502, "upstream_auth")
     assert "sk-upstr" not in str(error["message"])
 
 
 def test_upstream_client_errors_pass_through(gateway: GatewayProcess, fake: FakeOpenAI) -> None:
-    body = b'{"error": {"message": "This model\'s maximum context length is 128000 tokens.", "type": "invalid_request_error", "code": null}}'
+    body = (
+        b'{"error": {"message": "This model\'s maximum context length is 128000 tokens.", "type": "invalid_request_error", "code": null}}'
+    )
     fake.script(Behavior(status=400, body=body))
     error = assert_openai_error(post(gateway, CHAT), 400)
     assert error["message"] == "This model's maximum context length is 128000 tokens."
@@ -112,9 +116,9 @@ def test_upstream_429_keeps_retry_after(gateway: GatewayProcess, fake: FakeOpenA
 
 
 def test_upstream_timeout_is_504(gateway: GatewayProcess, fake: FakeOpenAI) -> None:
-    fake.script(Behavior(delay_s=3.0))  # the config's read_timeout_s is 2
+    fake.script(Behavior(delay_s=3.0))  # the config's first_byte_timeout_s is 2
     started = time.monotonic()
-    assert_openai_error(post(gateway, CHAT), 504, "read_timeout")
+    assert_openai_error(post(gateway, CHAT), 504, "first_byte_timeout")
     assert 1.8 < time.monotonic() - started < 3.0
 
 

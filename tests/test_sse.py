@@ -29,7 +29,7 @@ def test_any_split_and_line_ending_gives_the_same_events(datas: list[bytes], cut
 
 
 def test_event_names_comments_and_multiline_data() -> None:
-    stream = b": keep-alive\n\nevent: error\ndata: {\"a\":\ndata: 1}\n\nretry: 5\n\n"
+    stream = b': keep-alive\n\nevent: error\ndata: {"a":\ndata: 1}\n\nretry: 5\n\n'
     assert decode(stream, [3, 17]) == [(b'{"a":\n1}', "error")]
 
 

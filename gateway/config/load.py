@@ -107,12 +107,19 @@ def _check_references(file: ConfigFile, source: str, problems: list[Problem]) ->
             problems.append(Problem(source, dotted("providers", name, "base_url"), f"required for kind {provider.kind!r}"))
         if provider.base_url and not provider.base_url.startswith(("http://", "https://")):
             problems.append(Problem(source, dotted("providers", name, "base_url"), "must start with http:// or https://"))
+        if provider.azure and provider.kind != "openai":
+            problems.append(Problem(source, dotted("providers", name, "azure"), "only for kind 'openai'"))
+        if provider.api_version is not None and not provider.azure:
+            problems.append(Problem(source, dotted("providers", name, "api_version"), "only with azure = true"))
     for model, section in file.models.items():
         for i, target in enumerate(section.targets):
             if target.provider not in file.providers:
                 problems.append(
                     Problem(source, dotted("models", model, "targets", i, "provider"), f"no provider named {target.provider!r}")
                 )
+        for i, rule in enumerate(section.rules):
+            if rule.model not in file.models:
+                problems.append(Problem(source, dotted("models", model, "rules", i, "model"), f"no model named {rule.model!r}"))
         for i, fallback in enumerate(section.fallbacks):
             if fallback not in file.models:
                 problems.append(Problem(source, dotted("models", model, "fallbacks", i), f"no model named {fallback!r}"))

@@ -34,6 +34,7 @@ class TeamSection(Limits):
     models: list[str] = ["*"]
     prompts: list[str] | None = None  # None = any prompt id
     tools: list[str] | None = None  # None = any function tool
+    cache: bool = True  # false: this team's requests never read, write or share cached answers
 
 
 class KeySection(Limits):
@@ -59,6 +60,7 @@ class Principal:
     limits: Limits
     prompts: frozenset[str] | None
     tools: frozenset[str] | None
+    cache: bool = True  # the team's response-cache opt-out
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,4 +135,5 @@ def _principal(key: KeySection, team: TeamSection, models: list[str]) -> Princip
         limits=limits,
         prompts=frozenset(team.prompts) if team.prompts is not None else None,
         tools=frozenset(team.tools) if team.tools is not None else None,
+        cache=team.cache,
     )

@@ -26,10 +26,12 @@ class ServerSection(Strict):
     header_timeout_s: float = Field(10.0, gt=0)
     drain_timeout_s: float = Field(30.0, ge=0)
     upstream_max_connections: int = Field(1024, ge=1)
+    max_in_flight: int = Field(2048, ge=1)  # per process; beyond it, 503 with Retry-After at once
+    sse_keepalive_s: float = Field(15.0, gt=0)  # SSE comment sent downstream when a stream is silent this long
 
 
 class StateSection(Strict):
-    cache: str = "memory"
+    cache: str = Field("memory", pattern=r"^(memory|off)(\?.*)?$|^memory://|^rediss?://")  # see gateway/cache/store.py
     limits: str = "memory"
     traces: str = "sqlite:///.gateway/traces.db"
 
@@ -44,6 +46,7 @@ class Price(Strict):
     input_per_million: float = Field(ge=0)
     output_per_million: float = Field(ge=0)
     cached_input_per_million: float | None = Field(None, ge=0)
+    cache_write_per_million: float | None = Field(None, ge=0)  # Anthropic's prompt-cache writes
 
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "mock"]
@@ -55,7 +58,12 @@ class ProviderSection(Strict):
     api_key: str | None = None  # a reference: "env:NAME" or "file:PATH"
     headers: dict[str, str] = {}
     connect_timeout_s: float = Field(5.0, gt=0)
-    read_timeout_s: float = Field(60.0, gt=0)  # first byte, and any gap while reading a body
+    first_byte_timeout_s: float = Field(60.0, gt=0)  # until the response headers arrive
+    idle_timeout_s: float = Field(120.0, gt=0)  # the longest silence inside a response body or stream
+    # kind = "openai" with azure = true: Azure OpenAI deployment paths, `api-version`, `api-key` header
+    azure: bool = False
+    api_version: str | None = None
+    anthropic_version: str = "2023-06-01"  # kind = "anthropic": the anthropic-version header
     # kind = "mock": shape of the deterministic stream
     chunks: int = Field(8, ge=1, le=10_000)
     chunk_delay_ms: float = Field(0.0, ge=0)
@@ -70,11 +78,39 @@ class TargetSection(Strict):
     adapter: str | None = None
 
 
+class RuleSection(Strict):
+    """Route to `model` when every condition given here holds (absent conditions always hold)."""
+
+    name: str
+    model: str
+    max_prompt_tokens: int | None = Field(None, ge=0)  # estimated: characters / 4
+    min_prompt_tokens: int | None = Field(None, ge=0)
+    tools: bool | None = None  # the request carries tools (true) or none (false)
+    images: bool | None = None  # some message has an image part (true) or none (false)
+    route_tag: str | None = None  # the request header x-gateway-route-tag equals this
+
+
+class BatchSection(Strict):
+    window_ms: float = Field(2.0, ge=0, le=1000)  # 0 = no batching
+    max_inputs: int = Field(256, ge=1, le=2048)
+    max_tokens: int = Field(100_000, ge=1)  # approximate (4 characters a token)
+
+
 class ModelSection(Strict):
     targets: list[TargetSection] = Field(min_length=1)
     fallbacks: list[str] = []
+    strategy: Literal["weighted", "least_outstanding", "latency"] = "weighted"
+    sticky: bool = False  # keep each `user` on the same target (consistent A/B splits)
+    retries: int = Field(2, ge=0, le=10)  # further attempts within this model, before its fallbacks
+    first_byte_timeout_s: float | None = Field(None, gt=0)  # overrides the providers' value
+    deadline_s: float = Field(600.0, gt=0)  # total time a request for this model may take
+    eject_after: int = Field(5, ge=1)  # consecutive failures before a target is ejected
+    ejection_s: float = Field(30.0, gt=0)  # times the target's ejection count
+    rules: list[RuleSection] = []  # ordered; the first that matches picks the model
     cache: Literal["off", "deterministic", "all"] = "off"
     cache_ttl_s: int = Field(3600, ge=1)
+    cache_scope: Literal["team", "shared"] = "team"  # "shared": one cache entry serves every team
+    batch: BatchSection = BatchSection()  # embeddings micro-batching
     price: Price | None = None
 
 

@@ -10,18 +10,21 @@ provider stops generating.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.pipeline.record import Record
 from gateway.pipeline.usage import estimate
-from gateway.providers.base import Deployment, Operation, Reply, StreamState, StreamTranslator
+from gateway.pricing import cost_usd
+from gateway.providers.base import Deployment, Operation, Reply, StreamState, StreamTranslator, Usage
 from gateway.providers.errors import provider_error
 from gateway.providers.openai import completion_text, garbage
+from gateway.providers.shapes import finish_embeddings
 from gateway.sse import DONE, SSEDecoder, frame
 from gateway.upstream import UpstreamResponse
 
@@ -29,7 +32,7 @@ from gateway.upstream import UpstreamResponse
 async def _send(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> UpstreamResponse:
     request = deployment.wire.request(op, body, deployment)
     record.target = deployment.label
-    response = await deployment.transport.send(request)
+    response = await deployment.transport.send(request, deployment.first_byte_s)
     if response.status >= 300:
         raw = await response.read()
         message = deployment.wire.error_message(raw)
@@ -46,12 +49,24 @@ async def complete(op: Operation, body: dict[str, Any], deployment: Deployment, 
         record.upstream_s += time.perf_counter() - started
     reply = deployment.wire.reply(op, raw)
     if reply.usage is None:
-        reply.usage = estimate(op, body, completion_text(reply), deployment.model)
+        reply.usage = await estimate(op, body, completion_text(reply), deployment.model)
         reply.data["usage"] = reply.usage.as_openai()
         reply.raw = None
-    record.usage = reply.usage
+    settle(record, deployment, reply.usage)
+    if reply.raw is None:  # the gateway writes this body anyway: complete it (costs nothing more)
+        if op is Operation.EMBEDDINGS:
+            finish_embeddings(reply.data, deployment.model, body.get("encoding_format"))
+        if record.priced and isinstance(reply.data.get("usage"), dict):
+            reply.data["usage"]["cost_usd"] = record.cost_usd
     record.finish_reason = reply.finish_reason
     return (reply.raw if reply.raw is not None else orjson.dumps(reply.data)), reply
+
+
+def settle(record: Record, deployment: Deployment, usage: Usage) -> None:
+    """Record a request's final usage and its cost (0.0, and not priced, when no price applies)."""
+    record.usage = usage
+    record.priced = deployment.price is not None
+    record.cost_usd = cost_usd(deployment.price, usage)
 
 
 class Stream:
@@ -64,6 +79,7 @@ class Stream:
         self._translator = translator
         self._record = record
         self.first = b""
+        self.deadline = math.inf  # perf_counter time by which the whole stream must be over
 
     @property
     def state(self) -> StreamState:
@@ -83,7 +99,7 @@ class Stream:
             self._response.close()
             raise
 
-    async def relay(self, closing: Callable[[StreamState], bytes], done: Callable[[], None]) -> AsyncIterator[bytes]:
+    async def relay(self, closing: Callable[[StreamState], Awaitable[bytes]], done: Callable[[], None]) -> AsyncGenerator[bytes, None]:
         record = self._record
         finished = False
         try:
@@ -92,10 +108,12 @@ class Stream:
                 out = self._translate(piece)
                 if out:
                     yield out
+                if time.perf_counter() > self.deadline:
+                    raise UpstreamTimeout("the stream ran past its model's deadline", code="deadline_exceeded")
             if not (self.state.done or self.state.finish_reason):
                 raise UpstreamError("the provider ended the stream before it was complete", code="stream_incomplete")
             finished = True
-            yield closing(self.state) + DONE
+            yield (await closing(self.state)) + DONE
         except GatewayError as exc:
             record.status, record.error_type = exc.status, exc.error_type
             yield frame(exc.json(), "error")
@@ -123,15 +141,18 @@ async def open_stream(op: Operation, body: dict[str, Any], deployment: Deploymen
     return stream
 
 
-def closing_usage(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> Callable[[StreamState], bytes]:
+def closing_usage(
+    op: Operation, body: dict[str, Any], deployment: Deployment, record: Record
+) -> Callable[[StreamState], Awaitable[bytes]]:
     """At the end of a stream: settle usage, estimating it (and telling the client if it asked) when absent."""
 
-    def close(state: StreamState) -> bytes:
+    async def close(state: StreamState) -> bytes:
         record.finish_reason = state.finish_reason
         if state.usage is not None:
-            record.usage = state.usage
+            settle(record, deployment, state.usage)
             return b""
-        record.usage = usage = estimate(op, body, "".join(state.text), deployment.model)
+        usage = await estimate(op, body, "".join(state.text), deployment.model)
+        settle(record, deployment, usage)
         if not state.include_usage:
             return b""
         obj = "chat.completion.chunk" if op is Operation.CHAT else "text_completion"
@@ -141,7 +162,7 @@ def closing_usage(op: Operation, body: dict[str, Any], deployment: Deployment, r
             "created": int(time.time()),
             "model": state.response_model or deployment.model,
             "choices": [],
-            "usage": usage.as_openai(),
+            "usage": usage.as_openai() | ({"cost_usd": record.cost_usd} if record.priced else {}),
         }
         return frame(orjson.dumps(chunk))
 

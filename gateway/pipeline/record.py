@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.providers.base import Usage
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One call to one deployment: the routing stage appends one per try (retries and fallbacks)."""
+
+    target: str  # "provider/model"
+    model: str  # the gateway model name it was tried for (differs from Record.model on a fallback)
+    started_s: float  # offset from the request's arrival
+    latency_s: float = 0.0
+    status: int = 0  # 0 until known; the provider's status, or the gateway's for network errors
+    error_type: str | None = None
+    server_address: str | None = None  # host:port of the real upstream
 
 
 @dataclass(slots=True)
@@ -23,10 +36,19 @@ class Record:
     status: int = 200
     error_type: str | None = None
     usage: Usage | None = None
+    cost_usd: float | None = None  # set with usage; 0.0 when unpriced
+    priced: bool = False  # a price applied (configured or bundled) to this request's deployment
     finish_reason: str | None = None
     upstream_s: float = 0.0  # time spent waiting for the provider
     ttft_s: float | None = None
     duration_s: float = 0.0
+    attempts: list[Attempt] = field(default_factory=list)
+    route_rule: str | None = None  # the routing rule that picked the served model, if any
+    prompt_id: str | None = None  # set when the request referenced a prompt (record.model is then the pinned model)
+    prompt_version: int | None = None
+    prompt_label: str | None = None  # None when the reference named a version number
+    prompt_hash: str | None = None
+    cache: str = "bypass"  # hit | miss | bypass | coalesced: the x-gateway-cache value
 
     def overhead_ms(self, now: float) -> float:
         return max(0.0, (now - self.t0 - self.upstream_s) * 1000)

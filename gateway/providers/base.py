@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from gateway.config.schema import Price
 from gateway.sse import Event
 from gateway.upstream import Transport, UpstreamRequest
 
@@ -27,7 +28,8 @@ class Operation(StrEnum):
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens read from the provider's cache (part of prompt_tokens)
+    cache_write_tokens: int = 0  # prompt tokens written to it, billed apart (Anthropic; part of prompt_tokens)
     estimated: bool = False
 
     def as_openai(self) -> dict[str, Any]:
@@ -36,8 +38,10 @@ class Usage:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
-        if self.cached_tokens:
+        if self.cached_tokens or self.cache_write_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.cache_write_tokens:
+            usage["prompt_tokens_details"]["cache_creation_tokens"] = self.cache_write_tokens
         return usage
 
 
@@ -96,6 +100,8 @@ class Deployment:
     base_url: str
     headers: dict[str, str]
     label: str = ""  # "provider/model", the x-gateway-target value
+    first_byte_s: float = 60.0  # the model's override, else the provider's
+    price: Price | None = None  # resolved at load (gateway/pricing.py); None = unpriced
 
     @property
     def kind(self) -> str:

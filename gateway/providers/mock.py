@@ -76,7 +76,7 @@ class MockTransport:
         self._chunk_delay = chunk_delay_ms / 1000
         self._delay = delay_ms / 1000
 
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+    async def send(self, request: UpstreamRequest, first_byte_s: float) -> UpstreamResponse:
         if self._delay:
             await asyncio.sleep(self._delay)
         body = orjson.loads(request.body)

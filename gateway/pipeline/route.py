@@ -1,0 +1,155 @@
+"""From the requested model to a served answer: routing rules, then attempts, retries and fallbacks.
+
+`pick_model` applies a model's ordered rules (estimated prompt tokens, tools, images, the
+`x-gateway-route-tag` header) and returns the model that will serve, naming the rule that fired; rules
+are not chained. `Attempts.serve` then tries the model's deployments, chosen by its `Balancer`, up to
+`retries` more times with full-jitter backoff (or the provider's Retry-After when the deadline allows),
+and then each fallback model in order, as long as the error is retryable and the process-wide
+`RetryBudget` allows another retry. All of this happens before the first byte reaches the client;
+every attempt is recorded, and the balancer learns from each outcome (failures lead to ejection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+from gateway.catalog import Catalog, ModelRoute
+from gateway.config.schema import RuleSection
+from gateway.errors import GatewayError, Unavailable, UpstreamTimeout
+from gateway.pipeline import dispatch
+from gateway.pipeline.record import Attempt, Record
+from gateway.providers.base import Deployment, Operation
+from gateway.routing import RetryBudget, backoff
+
+
+def estimated_tokens(body: dict[str, Any]) -> int:
+    """Characters / 4: cheap, tokenizer-free, good enough to pick a model size."""
+    chars = 0
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        chars += len(prompt)
+    return chars // 4
+
+
+def has_images(body: dict[str, Any]) -> bool:
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in content):
+            return True
+    return False
+
+
+def _matches(rule: RuleSection, body: dict[str, Any], tag: str | None) -> bool:
+    if rule.route_tag is not None and rule.route_tag != tag:
+        return False
+    if rule.tools is not None and rule.tools != bool(body.get("tools")):
+        return False
+    if rule.images is not None and rule.images != has_images(body):
+        return False
+    if rule.max_prompt_tokens is not None or rule.min_prompt_tokens is not None:
+        tokens = estimated_tokens(body)
+        if rule.max_prompt_tokens is not None and tokens > rule.max_prompt_tokens:
+            return False
+        if rule.min_prompt_tokens is not None and tokens < rule.min_prompt_tokens:
+            return False
+    return True
+
+
+def pick_model(catalog: Catalog, route: ModelRoute, body: dict[str, Any], tag: str | None) -> tuple[ModelRoute, str | None]:
+    for rule in route.rules:
+        if _matches(rule, body, tag):
+            return catalog.models[rule.model], rule.name
+    return route, None
+
+
+class Attempts:
+    def __init__(self, catalog: Catalog, budget: RetryBudget, rng: random.Random | None = None) -> None:
+        self.catalog = catalog
+        self.budget = budget
+        self.rng = rng or random.Random()
+
+    async def serve(
+        self, op: Operation, body: dict[str, Any], route: ModelRoute, record: Record, streaming: bool
+    ) -> tuple[Deployment, Any]:
+        deadline = record.t0 + route.deadline_s
+        user = body.get("user") if isinstance(body.get("user"), str) else None
+        last: GatewayError | None = None
+        for model in (route, *(self.catalog.models[name] for name in route.fallbacks)):
+            tried: set[int] = set()
+            for retry in range(model.retries + 1):
+                remaining = deadline - time.perf_counter()
+                if record.attempts and not self.budget.allow():
+                    raise last or Unavailable("retry budget exhausted", code="retry_budget", retry_after=1)
+                if retry and last is not None:
+                    delay = backoff(retry, last.retry_after, remaining, self.rng)
+                    if delay is None:
+                        break  # the provider's Retry-After does not fit the deadline: next model
+                    await asyncio.sleep(delay)
+                    remaining -= delay
+                index = model.balancer.choose(user, tried)
+                if index is None and tried:
+                    index = model.balancer.choose(user)  # every target tried once: any healthy one again
+                if index is None:
+                    break  # all ejected
+                deployment = model.deployments[index]
+                try:
+                    result = await self._attempt(op, body, model, index, record, streaming, remaining)
+                except GatewayError as exc:
+                    if not exc.retryable:
+                        raise
+                    last = exc
+                    tried.add(index)
+                    continue
+                return deployment, result
+        raise last or Unavailable(f"no healthy target for model `{route.name}`", code="no_healthy_target", retry_after=5)
+
+    async def _attempt(
+        self, op: Operation, body: dict[str, Any], model: ModelRoute, index: int, record: Record, streaming: bool, remaining: float
+    ) -> Any:
+        deployment = model.deployments[index]
+        started = time.perf_counter()
+        attempt = Attempt(deployment.label, model.name, started - record.t0, server_address=deployment.transport.address)
+        is_retry = bool(record.attempts)
+        record.attempts.append(attempt)
+        self.budget.retries += is_retry
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(remaining):
+                if streaming:
+                    result: Any = await dispatch.open_stream(op, body, deployment, record)
+                else:
+                    result = await dispatch.complete(op, body, deployment, record)
+        except TimeoutError:
+            error = UpstreamTimeout(f"model `{record.model}` did not answer within its deadline", code="deadline_exceeded")
+            self._settle(model, index, attempt, started, error)
+            raise error from None
+        except GatewayError as exc:
+            self._settle(model, index, attempt, started, exc)
+            raise
+        except BaseException:
+            model.balancer.finished(index, ok=True)  # cancelled (client gone, shutdown): not the target's fault
+            raise
+        finally:
+            self.budget.retries -= is_retry
+        self._settle(model, index, attempt, started, None)
+        return result
+
+    @staticmethod
+    def _settle(model: ModelRoute, index: int, attempt: Attempt, started: float, error: GatewayError | None) -> None:
+        attempt.latency_s = time.perf_counter() - started
+        if error is None:
+            attempt.status = 200
+            model.balancer.finished(index, ok=True, latency_s=attempt.latency_s)
+            return
+        attempt.status, attempt.error_type = error.status, error.error_type
+        model.balancer.finished(index, ok=not error.retryable)

@@ -1,0 +1,114 @@
+"""Routing decisions: weights are honoured, ejected targets get no traffic, probes restore them."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.routing import Balancer, RetryBudget, backoff
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(min_value=0.5, max_value=10.0), min_size=2, max_size=5), st.integers(0, 2**32 - 1))
+def test_weighted_choice_converges_to_the_weights(weights: list[float], seed: int) -> None:
+    balancer = Balancer(weights, rng=random.Random(seed))
+    n = 20_000
+    counts = [0] * len(weights)
+    for _ in range(n):
+        i = balancer.choose()
+        assert i is not None
+        counts[i] += 1
+        balancer.finished(i, ok=True)
+    total = sum(weights)
+    for w, c in zip(weights, counts, strict=True):
+        assert abs(c / n - w / total) < 0.025
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(2, 6),
+    st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.floats(0, 100)), min_size=1, max_size=200),
+    st.integers(0, 2**32 - 1),
+)
+def test_no_ejected_target_receives_traffic(size: int, events: list[tuple[int, bool, float]], seed: int) -> None:
+    clock = Clock()
+    balancer = Balancer([1.0] * size, eject_after=2, base_ejection_s=30, clock=clock, rng=random.Random(seed))
+    for target_hint, ok, advance in events:
+        clock.now += advance
+        ejected_before = set(balancer.ejected())
+        chosen = balancer.choose()
+        if chosen is None:
+            continue
+        assert chosen not in ejected_before
+        assert len(balancer.ejected()) <= size // 2
+        balancer.finished(chosen, ok=ok if chosen != target_hint % size else False)
+
+
+def test_flapping_target_is_ejected_probed_and_restored() -> None:
+    clock = Clock()
+    balancer = Balancer([1.0, 1.0], eject_after=5, base_ejection_s=30, clock=clock)
+    for _ in range(5):
+        balancer.health[0].outstanding += 1
+        balancer.finished(0, ok=False)
+    assert balancer.ejected() == [0]
+    assert all(balancer.choose() == 1 for _ in range(50))
+    clock.now += 30.1
+    assert balancer.eligible() == [0, 1]
+    probe = balancer.choose(exclude={1})
+    assert probe == 0
+    assert balancer.eligible() == [1]  # one probe at a time
+    balancer.finished(0, ok=False)  # probe failed: ejected again, for twice as long
+    assert balancer.ejected() == [0]
+    clock.now += 59
+    assert balancer.ejected() == [0]
+    clock.now += 1.1
+    assert balancer.choose(exclude={1}) == 0
+    balancer.finished(0, ok=True)  # probe succeeded: restored
+    assert balancer.ejected() == [] and balancer.eligible() == [0, 1]
+
+
+def test_at_most_half_of_a_group_is_ejected() -> None:
+    balancer = Balancer([1.0] * 3, eject_after=1)
+    for i in range(3):
+        balancer.finished(i, ok=False)
+    assert len(balancer.ejected()) == 1
+
+
+def test_sticky_users_stay_put_and_split_by_weight() -> None:
+    balancer = Balancer([3.0, 1.0], sticky=True)
+    picks = {f"user-{u}": balancer.choose(user=f"user-{u}") for u in range(2000)}
+    assert all(balancer.choose(user=u) == i for u, i in list(picks.items())[:200])
+    share = sum(1 for i in picks.values() if i == 0) / len(picks)
+    assert 0.70 < share < 0.80
+
+
+def test_least_outstanding_and_latency() -> None:
+    lo = Balancer([1.0, 1.0], strategy="least_outstanding")
+    lo.health[0].outstanding = 5
+    assert lo.choose() == 1
+    lat = Balancer([1.0, 1.0], strategy="latency")
+    lat.finished(lat.choose(exclude={1}) or 0, ok=True, latency_s=0.5)
+    lat.finished(lat.choose(exclude={0}) or 1, ok=True, latency_s=0.1)
+    assert lat.choose() == 1
+
+
+def test_retry_budget_and_backoff() -> None:
+    budget = RetryBudget(requests=100, retries=19)
+    assert budget.allow()
+    budget.retries = 20
+    assert not budget.allow()
+    assert RetryBudget(requests=1, retries=2).allow()  # the floor of 3
+    rng = random.Random(1)
+    assert backoff(1, 2.0, remaining_s=5.0, rng=rng) == 2.0
+    assert backoff(1, 7.0, remaining_s=5.0, rng=rng) is None
+    assert all(0 <= (backoff(3, None, 10.0, rng) or 0) <= 0.4 for _ in range(100))
