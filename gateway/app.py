@@ -6,6 +6,7 @@ the endpoints, so nothing lives in module globals and a test can build as many a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.cache.store import open_store
 from gateway.catalog import Catalog, ModelRoute, build_catalog
 from gateway.config import Config, ConfigError
 from gateway.config.policies import PolicySet, Principal, load_policies
@@ -29,14 +31,19 @@ from gateway.pipeline import dispatch
 from gateway.pipeline.auth import authenticate, require_admin
 from gateway.pipeline.body import read_json, validate
 from gateway.pipeline.record import Record
+from gateway.pipeline.reuse import Reuse
 from gateway.pipeline.route import Attempts, pick_model
 from gateway.prompts.admin import PromptAdmin
 from gateway.prompts.resolve import apply as apply_prompt
 from gateway.prompts.resolve import referenced
 from gateway.prompts.service import PromptService
-from gateway.providers.base import Operation
+from gateway.providers.base import Operation, Reply, StreamState
 from gateway.routing import RetryBudget
 from gateway.streaming import SSEResponse
+from gateway.traces import context as tracecontext
+from gateway.traces.admin import TraceAdmin
+from gateway.traces.sink import TraceSink
+from gateway.traces.writer import WriterProcess, settings_from
 from gateway.upstream import Pool
 
 log = logging.getLogger("gateway")
@@ -55,8 +62,14 @@ def error_response(exc: GatewayError, rid: str) -> Response:
 
 
 class Gateway:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, trace_writer: str | None = None) -> None:
         self.config = config
+        self.trace_settings = settings_from(config)
+        self.capture = config.file.telemetry.capture_content
+        self.trace_admin = TraceAdmin(self.trace_settings.db_path)
+        self.traces: TraceSink | None = None
+        self._trace_writer = trace_writer  # the supervisor's writer, with --workers N; else this process starts one
+        self._writer: WriterProcess | None = None
         self.pool = Pool(config.file.server.upstream_max_connections)
         self.catalog: Catalog = build_catalog(config, self.pool)
         self.policies: PolicySet = load_policies(config)
@@ -70,10 +83,12 @@ class Gateway:
         self.attempts = Attempts(self.catalog, self.budget)
         self.prompts = PromptService(config)
         self.prompt_admin = PromptAdmin(self.prompts, lambda: self.policies, self.max_body)
+        self.reuse = Reuse(config, open_store(config.file.state.cache), self.metrics, self.attempts)
 
     # lifecycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
         await self.pool.open()
+        await self._open_traces()
         await self.prompts.start()
         if self.policies.open is not None:
             log.warning(
@@ -83,6 +98,28 @@ class Gateway:
     async def shutdown(self) -> None:
         await self.prompts.stop()
         await self.pool.close()
+        await self.reuse.close()
+        await self._close_traces()
+
+    async def _open_traces(self) -> None:
+        settings = self.trace_settings
+        if self._trace_writer is None:
+            self._writer = WriterProcess(settings)
+        address = self._trace_writer or self._writer.address  # type: ignore[union-attr]
+        self.traces = TraceSink(address, settings.queue_size, bool(settings.otlp_endpoint))
+        await self.traces.open()
+        self.metrics.trace_totals = self._trace_totals
+
+    def _trace_totals(self) -> tuple[dict[str, Any], tuple[int, int]]:
+        assert self.traces is not None
+        return self.traces.totals, self.traces.dropped_here()
+
+    async def _close_traces(self) -> None:
+        """Flush every record to the writer; the one this process started then drains and exits."""
+        if self.traces is not None:
+            await self.traces.close()
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.stop, self.trace_settings.drain_timeout_s)
 
     # stages ----------------------------------------------------------------------------------
     def _admit(self, principal: Principal, model: str) -> ModelRoute:
@@ -111,6 +148,7 @@ class Gateway:
             "x-gateway-cache": "bypass",
             "x-gateway-overhead-ms": f"{record.overhead_ms(time.perf_counter()):.2f}",
         }
+        record.overhead_s = float(headers["x-gateway-overhead-ms"]) / 1000  # the metric observes the same figure
         if record.prompt_id is not None:
             headers["x-gateway-prompt"] = f"{record.prompt_id}@{record.prompt_version}"
         return headers
@@ -119,13 +157,32 @@ class Gateway:
         self.budget.requests -= 1
         record.close()
         self.metrics.observe(record)
+        if self.traces is not None:
+            self.traces.put(record)
         if record.status >= 500:
             log.warning("request %s failed: %s %s (target %s)", record.request_id, record.status, record.error_type, record.target)
 
+    def _begin(self, request: Request, op: Operation, t0: float) -> Record:
+        record = Record(request_id(request), op.value, time.time(), t0)
+        tracecontext.start(record, request.headers.get("traceparent"))
+        self.metrics.started()
+        return record
+
+    def _answered(self, record: Record, reply: Reply) -> None:
+        record.response_id, record.response_model = reply.data.get("id"), reply.data.get("model")
+        if record.capture == "full":
+            record.response_body = reply.data
+
+    def _stream_done(self, record: Record, state: StreamState) -> None:
+        record.response_id, record.response_model = state.response_id, state.response_model
+        if record.capture == "full":
+            record.response_text = state.text
+        self._finish(record)
+
     async def proxy(self, request: Request, op: Operation) -> Response:
         t0 = time.perf_counter()
-        rid = request_id(request)
-        record = Record(rid, op.value, time.time(), t0)
+        record = self._begin(request, op, t0)
+        rid = record.request_id
         streaming = False
         self.budget.requests += 1
         try:
@@ -134,13 +191,22 @@ class Gateway:
             policies = self.policies
             principal = authenticate(request.headers, policies)
             record.key_name, record.team, record.policy_version = principal.key_name, principal.team, policies.version
+            record.capture = principal.capture or self.capture
             body = await read_json(request, self.max_body)
             if referenced(body):
                 body = self._apply_prompt(body, principal, op, record)
             record.model = validate(body, op.value)
+            record.request_body = body
             route = self._admit(principal, record.model)
             if route.rules:
                 route, record.route_rule = pick_model(self.catalog, route, body, request.headers.get("x-gateway-route-tag"))
+            if op is Operation.EMBEDDINGS or route.name in self.reuse.cached:  # cache, coalescing, batching
+                reused = await self.reuse.serve(
+                    request.headers, principal, op, body, route, record, lambda: self._headers(rid, record), lambda: self._finish(record)
+                )
+                if reused is not None:
+                    streaming = isinstance(reused, SSEResponse)
+                    return reused
             if body.get("stream"):
                 if op is Operation.EMBEDDINGS:
                     raise BadRequest("Embeddings cannot be streamed.", param="stream")
@@ -151,8 +217,9 @@ class Gateway:
                 closing = dispatch.closing_usage(op, body, deployment, record)
                 headers = self._headers(rid, record)
                 streaming = True
-                return SSEResponse(stream.relay(closing, lambda: self._finish(record)), headers, self.keepalive_s)
+                return SSEResponse(stream.relay(closing, lambda: self._stream_done(record, stream.state)), headers, self.keepalive_s)
             deployment, (content, reply) = await self.attempts.serve(op, body, route, record, streaming=False)
+            self._answered(record, reply)
             headers = self._headers(rid, record)
             if reply.usage is not None and reply.usage.estimated:
                 headers["x-gateway-usage"] = "estimated"
@@ -211,6 +278,12 @@ class Gateway:
     async def admin_reload(self, request: Request) -> Response:
         return await self._admin(request, self._reload)
 
+    async def admin_traces(self, request: Request) -> Response:
+        return await self._admin(request, lambda: self.trace_admin.list(request.query_params))
+
+    async def admin_trace(self, request: Request) -> Response:
+        return await self._admin(request, lambda: self.trace_admin.get(request.path_params["request_id"]))
+
     async def _admin(self, request: Request, action: Any) -> Response:
         rid = request_id(request)
         try:
@@ -254,8 +327,8 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return Response(error.json(), 500, media_type=JSON)
 
 
-def create_app(config: Config) -> Starlette:
-    gateway = Gateway(config)
+def create_app(config: Config, trace_writer: str | None = None) -> Starlette:
+    gateway = Gateway(config, trace_writer)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -275,6 +348,8 @@ def create_app(config: Config) -> Starlette:
         Route("/metrics", gateway.metrics_endpoint, methods=["GET"]),
         Route("/admin/policies", gateway.admin_policies, methods=["GET"]),
         Route("/admin/reload", gateway.admin_reload, methods=["POST"]),
+        Route("/admin/traces", gateway.admin_traces, methods=["GET"]),
+        Route("/admin/traces/{request_id}", gateway.admin_trace, methods=["GET"]),
         *gateway.prompt_admin.routes(),
     ]
     app = Starlette(

@@ -8,7 +8,7 @@ answer's vectors are split back by index, and its usage is apportioned by each c
 the approximate tokens (largest remainder, so the parts add up to the provider's total). An
 upstream error reaches every caller in the batch.
 
-Requests batch together only when everything but `input` is identical (model, deployment,
+Requests batch together only when everything but `input` is identical (served model,
 `dimensions`, `encoding_format`, `user`...) and their inputs are of the same kind (text or token
 ids). A batch of one is sent exactly as its caller wrote it. A caller that leaves does not cancel
 the batch: the others still need it.
@@ -24,14 +24,16 @@ from typing import Any
 
 import orjson
 
+from gateway.catalog import ModelRoute
 from gateway.config.schema import BatchSection
 from gateway.pipeline.dispatch import settle
 from gateway.pipeline.record import Record
-from gateway.providers.base import Deployment, Operation, Reply, Usage
+from gateway.providers.base import Deployment, Reply, Usage
 from gateway.providers.openai import garbage
 
 Answer = tuple[bytes, Reply]
-Complete = Callable[[Operation, dict[str, Any], Deployment, Record], Awaitable[Answer]]
+# one upstream embeddings call, with the routing stage's retries and fallbacks: the deployment that answered, and its answer
+Complete = Callable[[dict[str, Any], ModelRoute, Record], Awaitable[tuple[Deployment, Answer]]]
 
 
 def split_inputs(value: Any) -> tuple[str, list[Any]] | None:
@@ -77,7 +79,7 @@ class _Caller:
 
 @dataclass(slots=True)
 class _Batch:
-    deployment: Deployment
+    route: ModelRoute
     settings: BatchSection
     callers: list[_Caller] = field(default_factory=list)
     inputs: int = 0
@@ -95,24 +97,24 @@ class Batcher:
         self._open: dict[tuple[str, ...], _Batch] = {}
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def embed(self, body: dict[str, Any], deployment: Deployment, record: Record) -> Answer:
-        settings = self._settings.get(record.model or "")
+    async def embed(self, body: dict[str, Any], route: ModelRoute, record: Record) -> Answer:
+        settings = self._settings.get(route.name)
         split = split_inputs(body.get("input"))
         if settings is None or split is None:
-            return await self._complete(Operation.EMBEDDINGS, body, deployment, record)
+            return (await self._complete(body, route, record))[1]
         kind, inputs = split
         weight = approx_tokens(inputs)
         if len(inputs) >= settings.max_inputs or weight >= settings.max_tokens:
             self._observe(1, len(inputs))
-            return await self._complete(Operation.EMBEDDINGS, body, deployment, record)
+            return (await self._complete(body, route, record))[1]
         rest = {k: v for k, v in body.items() if k != "input"}
-        group = (deployment.label, kind, orjson.dumps(rest, option=orjson.OPT_SORT_KEYS).decode())
+        group = (route.name, kind, orjson.dumps(rest, option=orjson.OPT_SORT_KEYS).decode())
         batch = self._open.get(group)
         if batch is not None and (batch.inputs + len(inputs) > settings.max_inputs or batch.tokens + weight > settings.max_tokens):
             self._send(group, batch)
             batch = None
         if batch is None:
-            batch = self._open[group] = _Batch(deployment, settings)
+            batch = self._open[group] = _Batch(route, settings)
             batch.timer = asyncio.get_running_loop().call_later(settings.window_ms / 1000, self._send, group, batch)
         caller = _Caller(body, inputs, weight, record, asyncio.get_running_loop().create_future())
         batch.callers.append(caller)
@@ -136,7 +138,7 @@ class Batcher:
         self._observe(len(callers), batch.inputs)
         try:
             if len(callers) == 1:
-                answer = await self._complete(Operation.EMBEDDINGS, callers[0].body, batch.deployment, callers[0].record)
+                _, answer = await self._complete(callers[0].body, batch.route, callers[0].record)
                 _resolve(callers[0], answer)
                 return
             await self._call_many(batch)
@@ -148,9 +150,9 @@ class Batcher:
     async def _call_many(self, batch: _Batch) -> None:
         callers = batch.callers
         first = callers[0]
-        shared = Record(first.record.request_id + "-batch", Operation.EMBEDDINGS.value, time.time(), time.perf_counter(), first.record.model)
+        shared = Record(first.record.request_id + "-batch", first.record.operation, time.time(), time.perf_counter(), first.record.model)
         body = {**first.body, "input": [i for c in callers for i in c.inputs]}
-        _, reply = await self._complete(Operation.EMBEDDINGS, body, batch.deployment, shared)
+        deployment, (_, reply) = await self._complete(body, batch.route, shared)
         items = reply.data.get("data")
         if not isinstance(items, list) or len(items) != batch.inputs or not all(isinstance(i, dict) for i in items):
             raise garbage()
@@ -160,7 +162,7 @@ class Batcher:
         for caller, tokens in zip(callers, apportion(total, [c.weight for c in callers]), strict=True):
             part = [{**item, "index": j} for j, item in enumerate(items[offset : offset + len(caller.inputs)])]
             offset += len(caller.inputs)
-            _resolve(caller, _share(caller, part, tokens, reply, batch.deployment, shared))
+            _resolve(caller, _share(caller, part, tokens, reply, deployment, shared))
 
 
 def _share(caller: _Caller, items: list[dict[str, Any]], tokens: int, reply: Reply, deployment: Deployment, shared: Record) -> Answer:
@@ -168,7 +170,7 @@ def _share(caller: _Caller, items: list[dict[str, Any]], tokens: int, reply: Rep
     usage = Usage(prompt_tokens=tokens, estimated=estimated)
     record = caller.record
     settle(record, deployment, usage)
-    record.target, record.upstream_s = shared.target, shared.upstream_s
+    record.target, record.upstream_s, record.attempts = shared.target, shared.upstream_s, shared.attempts
     usage_json: dict[str, Any] = {"prompt_tokens": tokens, "total_tokens": tokens}
     if record.priced:
         usage_json["cost_usd"] = record.cost_usd
@@ -179,4 +181,3 @@ def _share(caller: _Caller, items: list[dict[str, Any]], tokens: int, reply: Rep
 def _resolve(caller: _Caller, answer: Answer) -> None:
     if not caller.future.done():
         caller.future.set_result(answer)
-

@@ -13,6 +13,7 @@ from gateway.config import Config, ConfigError, default_path, load
 from gateway.config.policies import load_policies
 from gateway.prompts import commands as prompt_commands
 from gateway.prompts.files import load_files
+from gateway.traces import cli as trace_commands
 
 
 def _config_path(value: str | None) -> Path | None:
@@ -99,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
     new.add_argument("--team", default="default")
     new.set_defaults(func=cmd_keys_new)
     prompt_commands.add_parser(sub)
+    trace_commands.add_commands(sub)
     return top
 
 

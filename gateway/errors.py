@@ -5,6 +5,7 @@
     ├── AuthenticationError            401     authentication_error
     ├── PermissionDenied               403     permission_error
     ├── NotFound                       404     invalid_request_error
+    ├── Conflict                       409     invalid_request_error
     ├── PayloadTooLarge                413     invalid_request_error
     ├── RateLimited                    429     rate_limit_error      (carries Retry-After)
     ├── UpstreamError                  502     upstream_error        (failed, refused, garbage)
@@ -82,6 +83,11 @@ class PermissionDenied(GatewayError):
 
 class NotFound(GatewayError):
     status = 404
+    type = "invalid_request_error"
+
+
+class Conflict(GatewayError):
+    status = 409
     type = "invalid_request_error"
 
 

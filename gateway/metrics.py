@@ -9,9 +9,11 @@ aggregates all of them. Labels are closed sets: configured model names (anything
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.pipeline.record import Record
@@ -21,6 +23,16 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+RATE_LIMIT_REASONS = ("rpm", "tpm", "concurrency", "budget")
+# the closed set of upstream error types (GatewayError.error_type of what providers and the network do)
+UPSTREAM_ERRORS = frozenset(
+    {
+        "connect_error", "connect_timeout", "first_byte_timeout", "idle_timeout", "read_timeout", "deadline_exceeded",
+        "upstream_auth", "upstream_disconnected", "upstream_error", "upstream_garbage", "upstream_invalid_request",
+        "upstream_rate_limited", "upstream_server_error", "upstream_timeout", "stream_incomplete",
+    }
+)  # fmt: skip
+TraceTotals = Callable[[], tuple[dict[str, Any], tuple[int, int]]]
 
 
 class _Children(NamedTuple):
@@ -29,6 +41,8 @@ class _Children(NamedTuple):
     ttft: Histogram
     input_tokens: Counter
     output_tokens: Counter
+    cached_tokens: Counter
+    cost: Counter
 
 
 class Metrics:
@@ -48,15 +62,27 @@ class Metrics:
             "gateway_upstream_errors_total", "Upstream errors by provider and error type", ["provider", "error_type"], registry=reg
         )
         self.in_flight = Gauge("gateway_in_flight_requests", "Requests in progress", registry=reg, multiprocess_mode="livesum")
-        self.cache_results = Counter("gateway_cache_results_total", "Cache results (hit/miss/bypass/coalesced)", ["model", "result"], registry=reg)
+        self.cache_results = Counter(
+            "gateway_cache_results_total", "Cache results (hit, miss, bypass, coalesced)", ["model", "result"], registry=reg
+        )
         self.cache_errors = Counter("gateway_cache_errors_total", "Cache backend failures, each bypassed", ["operation"], registry=reg)
         self.batch_requests = Histogram(
             "gateway_embeddings_batch_requests", "Requests per upstream embeddings call", buckets=BATCH_BUCKETS, registry=reg
         )
-        self.batch_inputs = Histogram("gateway_embeddings_batch_inputs", "Inputs per upstream embeddings call", buckets=BATCH_BUCKETS, registry=reg)
+        self.batch_inputs = Histogram(
+            "gateway_embeddings_batch_inputs", "Inputs per upstream embeddings call", buckets=BATCH_BUCKETS, registry=reg
+        )
         self._cache_children: dict[tuple[str, str], Counter] = {}
 
         self._children: dict[tuple[str, int], _Children] = {}
+        self.cost = Counter("gateway_cost_usd_total", "Cost of requests in USD, by model", ["model"], registry=reg)
+        self.rate_limited = Counter(
+            "gateway_rate_limit_rejections_total", "Requests rejected by a rate limit, by reason", ["reason"], registry=reg
+        )
+        for reason in RATE_LIMIT_REASONS:
+            self.rate_limited.labels(reason)
+        self.trace_totals: TraceTotals | None = None  # set once the trace sink is open
+        self.registry.register(_TraceCollector(self))
 
     def model_label(self, model: str | None) -> str:
         return model if model in self._models else "other"
@@ -73,26 +99,44 @@ class Metrics:
                 self.ttft.labels(name),
                 self.tokens.labels(name, "input"),
                 self.tokens.labels(name, "output"),
+                self.tokens.labels(name, "cached_input"),
+                self.cost.labels(name),
             )
         return children
 
+    def started(self) -> None:
+        self.in_flight.inc()
+
     def observe(self, record: Record) -> None:
+        """Everything about a finished request (once per request; ends what `started` began)."""
+        self.in_flight.dec()
         c = self._for(record.model, record.status)
         c.requests.inc()
         c.duration.observe(record.duration_s)
-        self.overhead.observe(max(0.0, record.duration_s - record.upstream_s))
+        overhead = record.overhead_s if record.overhead_s is not None else record.duration_s - record.upstream_s
+        self.overhead.observe(max(0.0, overhead))
         if record.ttft_s is not None:
             c.ttft.observe(record.ttft_s)
         if record.usage is not None:
             c.input_tokens.inc(record.usage.prompt_tokens)
             c.output_tokens.inc(record.usage.completion_tokens)
-        if record.error_type is not None and record.target is not None and record.status >= 500:
-            self.upstream_errors.labels(record.target.partition("/")[0], record.error_type).inc()
+            if record.usage.cached_tokens:
+                c.cached_tokens.inc(record.usage.cached_tokens)
+        if record.cost_usd:
+            c.cost.inc(record.cost_usd)
+        for attempt in record.attempts:
+            if attempt.error_type is not None:
+                self._upstream_error(attempt.target, attempt.error_type)
+        if not record.attempts and record.error_type is not None and record.target is not None and record.status >= 500:
+            self._upstream_error(record.target, record.error_type)
         cache_key = (self.model_label(record.model), record.cache)
         cache = self._cache_children.get(cache_key)
         if cache is None:
             cache = self._cache_children[cache_key] = self.cache_results.labels(*cache_key)
         cache.inc()
+
+    def _upstream_error(self, target: str, error_type: str) -> None:
+        self.upstream_errors.labels(target.partition("/")[0], error_type if error_type in UPSTREAM_ERRORS else "other").inc()
 
     def batch(self, requests: int, inputs: int) -> None:
         self.batch_requests.observe(requests)
@@ -100,3 +144,29 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _TraceCollector:
+    """The trace writer's totals (every worker holds the same copy), plus drops not yet reported to it."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        source = self._metrics.trace_totals
+        totals, (dropped_here, spans_dropped_here) = source() if source is not None else ({}, (0, 0))
+        written = CounterMetricFamily("gateway_trace_records_written", "Trace records written to the store")
+        written.add_metric([], totals.get("written", 0))
+        dropped = CounterMetricFamily("gateway_trace_records_dropped", "Trace records dropped, by reason", labels=["reason"])
+        by_reason = dict(totals.get("dropped") or {"queue_full": 0, "store_error": 0})
+        by_reason["queue_full"] = by_reason.get("queue_full", 0) + dropped_here
+        for reason, value in sorted(by_reason.items()):
+            dropped.add_metric([reason], value)
+        exported = CounterMetricFamily("gateway_trace_spans_exported", "Spans accepted by the OTLP endpoint")
+        exported.add_metric([], totals.get("spans_exported", 0))
+        spans_dropped = CounterMetricFamily("gateway_trace_spans_dropped", "Spans dropped, by reason", labels=["reason"])
+        span_reasons = dict(totals.get("spans_dropped") or {"queue_full": 0, "export_failed": 0})
+        span_reasons["queue_full"] = span_reasons.get("queue_full", 0) + spans_dropped_here
+        for reason, value in sorted(span_reasons.items()):
+            spans_dropped.add_metric([reason], value)
+        yield from (written, dropped, exported, spans_dropped)

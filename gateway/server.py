@@ -8,7 +8,9 @@ drains (stop accepting, finish in-flight requests and streams within `drain_time
 lifespan shutdown) and then returns, so the process exits 0.
 
 `--workers N` forks N processes sharing one listening socket (`Supervisor`); SIGTERM to the
-supervisor is passed on to every worker, which drains as above.
+supervisor is passed on to every worker, which drains as above. The supervisor also runs the one
+trace writer process all workers feed (gateway/traces/writer.py) and stops it after them, so it
+flushes last; with one worker, the worker's lifespan starts and stops its own.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import create_app
 from gateway.config import Config, load
+from gateway.traces.writer import WriterProcess, settings_from
 
 log = logging.getLogger("gateway")
 
@@ -100,11 +103,11 @@ class GatewayServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def uvicorn_config(config: Config) -> uvicorn.Config:
+def uvicorn_config(config: Config, trace_writer: str | None = None) -> uvicorn.Config:
     server = config.file.server
     protocol = type("Protocol", (GuardedHttpToolsProtocol,), {"header_timeout": server.header_timeout_s})
     return uvicorn.Config(
-        create_app(config),
+        create_app(config, trace_writer),
         loop="uvloop",
         http=protocol,
         lifespan="on",
@@ -129,10 +132,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_worker(config_path: str | None, host: str, port: int, sock: socket.socket) -> None:
+def run_worker(config_path: str | None, host: str, port: int, sock: socket.socket, trace_writer: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     config = load(Path(config_path) if config_path else None)
-    GatewayServer(uvicorn_config(config), config).run(sockets=[sock])
+    GatewayServer(uvicorn_config(config, trace_writer), config).run(sockets=[sock])
 
 
 def serve(config: Config, config_path: str | None, host: str, port: int, workers: int) -> int:
@@ -142,14 +145,15 @@ def serve(config: Config, config_path: str | None, host: str, port: int, workers
         log.warning("gateway serving on http://%s:%d (config %s, hash %s)", host, port, config.source, config.hash)
         server.run()
         return 0 if server.started else 1
-    return Supervisor(config_path, host, port, workers).run()
+    return Supervisor(config_path, host, port, workers, config).run()
 
 
 class Supervisor:
     """Runs N worker processes on one shared socket; forwards SIGTERM/SIGINT and waits for them."""
 
-    def __init__(self, config_path: str | None, host: str, port: int, workers: int) -> None:
+    def __init__(self, config_path: str | None, host: str, port: int, workers: int, config: Config) -> None:
         self.config_path, self.host, self.port, self.workers = config_path, host, port, workers
+        self.config = config
         self._stop = False
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
@@ -159,12 +163,13 @@ class Supervisor:
         metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         sock = bind(self.host, self.port)
+        writer = WriterProcess(settings_from(self.config))  # one trace writer for every worker
         ctx = multiprocessing.get_context("spawn")
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
         def spawn() -> multiprocessing.process.BaseProcess:
-            proc = ctx.Process(target=run_worker, args=(self.config_path, self.host, self.port, sock))
+            proc = ctx.Process(target=run_worker, args=(self.config_path, self.host, self.port, sock, writer.address))
             proc.start()
             return proc
 
@@ -182,5 +187,6 @@ class Supervisor:
         for proc in procs:
             proc.join()
         sock.close()
+        written = writer.stop(self.config.file.server.drain_timeout_s + 60)  # after the workers flushed to it
         shutil.rmtree(metrics_dir, ignore_errors=True)
-        return 0 if all(p.exitcode == 0 for p in procs) else 1
+        return 0 if written == 0 and all(p.exitcode == 0 for p in procs) else 1

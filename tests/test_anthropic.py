@@ -41,6 +41,13 @@ api_key = "env:ANTHROPIC_TEST_KEY"
 
 [models."claude-haiku"]
 targets = [{{ provider = "claude", model = "{HAIKU}" }}]
+retries = 0        # each test sees every upstream failure as it is
+eject_after = 1000
+
+[models."claude-retrying"]
+targets = [{{ provider = "claude", model = "{HAIKU}" }}]
+retries = 1
+eject_after = 1000
 
 [models."claude-priced"]
 targets = [{{ provider = "claude", model = "{HAIKU}", price = {{ input_per_million = 1.0, output_per_million = 2.0 }} }}]
@@ -256,6 +263,19 @@ def test_overloaded_upstream_is_502(client: openai.OpenAI, claude: FakeAnthropic
     assert info.value.status_code == 502
     assert isinstance(info.value.body, dict) and info.value.body["type"] == "upstream_error"
     assert "Overloaded" in info.value.body["message"]
+
+
+def test_overload_is_retried_but_invalid_requests_are_not(client: openai.OpenAI, claude: FakeAnthropic) -> None:
+    claude.script(Behavior(status=529))
+    answer = client.chat.completions.create(model="claude-retrying", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "echo: hi" and len(claude.requests) == 2
+    claude.script(Behavior(error_event="overloaded_error", error_after=1))  # before the first byte: still retryable
+    streamed = client.chat.completions.create(model="claude-retrying", messages=[{"role": "user", "content": "yo"}], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "echo: yo" and len(claude.requests) == 4
+    claude.script(Behavior(status=400))
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="claude-retrying", messages=[{"role": "user", "content": "hi"}])
+    assert len(claude.requests) == 5
 
 
 def test_overloaded_event_before_content_is_an_http_502(client: openai.OpenAI, claude: FakeAnthropic) -> None:

@@ -50,6 +50,8 @@ api_key = "env:GEMINI_TEST_KEY"
 
 [models."gemini-flash"]
 targets = [{{ provider = "google", model = "{FLASH}" }}]
+retries = 0        # each test sees every upstream failure as it is
+eject_after = 1000
 
 [models."gemini-embed"]
 targets = [{{ provider = "google", model = "gemini-embedding-001" }}]

@@ -228,6 +228,16 @@ def test_access_applies_to_the_prompt_id_and_to_the_pinned_model(gw: GatewayProc
     assert pinned.value.response.headers["x-gateway-prompt"] == "support-bot@1"  # lineage on errors after resolution
 
 
+def test_a_streamed_prompt_response_carries_its_lineage(gw: GatewayProcess, fake: FakeOpenAI) -> None:
+    with client(gw).chat.completions.with_streaming_response.create(
+        model="prompt:support-bot@2", messages=[], stream=True, extra_body={"prompt": {"variables": VARS}}
+    ) as raw:
+        assert raw.headers["x-gateway-prompt"] == "support-bot@2"
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text == "echo: v2 how do I log in?"
+    assert fake.requests[-1].json["stream"] is True
+
+
 def test_prompts_are_for_chat_only_and_a_completion_prompt_string_is_untouched(gw: GatewayProcess, fake: FakeOpenAI) -> None:
     assert client(gw).completions.create(model="gpt-4o-mini", prompt="plain text").choices[0].text == "echo: plain text"
     with pytest.raises(openai.BadRequestError):
@@ -337,11 +347,13 @@ def test_concurrent_label_moves_and_requests_never_see_a_half_updated_registry(
     stop = threading.Event()
     mismatches: list[str] = []
 
+    moves: list[int] = []
+
     def mover() -> None:
         version = 1
         while not stop.is_set():
             version = 3 - version
-            assert move(gw, "production", version, force=True).status_code == 200
+            moves.append(move(gw, "production", version, force=True).status_code)
 
     def caller() -> None:
         c = client(gw)
@@ -362,6 +374,7 @@ def test_concurrent_label_moves_and_requests_never_see_a_half_updated_registry(
     stop.set()
     threads[0].join()
     assert mismatches == []
+    assert len(moves) >= 4 and set(moves) == {200}
     sent = [r.json for r in upstream.requests if r.path == "/v1/chat/completions"]
     seen = {(r["messages"][0]["content"][:2], r["temperature"], r.get("max_tokens")) for r in sent}
     assert seen <= {("Yo", 0.2, 256), ("v2", 0.7, None)} and len(seen) == 2  # both served, never mixed

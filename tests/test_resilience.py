@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import signal
 import time
 from collections.abc import Iterator
 
@@ -10,12 +11,10 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import KEYS, GatewayFactory, GatewayProcess
+from tests.conftest import KEYS, GatewayFactory, GatewayProcess, sha
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 
-POLICY = {
-    "p.toml": f'[teams.t]\nmodels = ["*"]\n[[keys]]\nname = "k"\nteam = "t"\nsha256 = "{__import__("hashlib").sha256(KEYS["alpha"].encode()).hexdigest()}"\n'
-}
+POLICY = {"p.toml": f'[teams.t]\nmodels = ["*"]\n[[keys]]\nname = "k"\nteam = "t"\nsha256 = "{sha(KEYS["alpha"])}"\n'}
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +252,17 @@ tools = false
     assert httpx.post(gw.base_url + "/chat/completions", json=long, headers=headers).headers["x-gateway-target"] == "b/big"
     tools = {**body, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}
     assert httpx.post(gw.base_url + "/chat/completions", json=tools, headers=headers).headers["x-gateway-target"] == "b/big"
+
+
+def test_sigterm_drain_waits_for_a_request_between_retries(gateway_factory: GatewayFactory, fakes: tuple[FakeOpenAI, FakeOpenAI]) -> None:
+    a, b = fakes
+    gw = gateway_factory(config(a, b), POLICY)
+    a.script(Behavior(status=503, headers={"Retry-After": "1"}))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(chat, gw, "only-a")
+        while not a.requests:
+            time.sleep(0.01)
+        gw.process.send_signal(signal.SIGTERM)  # while the request sleeps before its retry
+        r = pending.result(10)
+    assert r.status_code == 200 and len(a.requests) == 2
+    assert gw.process.wait(10) == 0

@@ -6,8 +6,8 @@ cached, and `cost_usd` 0.0 where the original carried a cost. A non-streaming hi
 as they are; a streaming hit is a short SSE stream synthesised from them (`replay`). A streamed
 miss is turned into the same object by `Assembler`, which folds the chunks as they pass.
 
-Stored value: one header line `"<prompt_tokens> <completion_tokens>\n"` (so a hit needs no JSON
-parse for its usage), then the object's JSON.
+Stored value: one header line `"<prompt_tokens> <completion_tokens> <priced 0|1>\n"` (so a hit
+needs no JSON parse for its record), then the object's JSON.
 """
 
 from __future__ import annotations
@@ -24,15 +24,17 @@ def encode(data: dict[str, Any], usage: Usage, priced: bool) -> bytes:
     hit = Usage(usage.prompt_tokens, usage.completion_tokens, cached_tokens=usage.prompt_tokens).as_openai()
     if priced:
         hit["cost_usd"] = 0.0
-    header = b"%d %d\n" % (usage.prompt_tokens, usage.completion_tokens)
+    header = b"%d %d %d\n" % (usage.prompt_tokens, usage.completion_tokens, priced)
     return header + orjson.dumps({**data, "usage": hit})
 
 
-def decode(value: bytes) -> tuple[Usage, bytes]:
-    """The usage a hit reports, and the JSON reply body. Raises ValueError on a damaged value."""
+def decode(value: bytes) -> tuple[Usage, bool, bytes]:
+    """The usage a hit reports, whether the answer was priced, and the JSON reply body.
+
+    Raises ValueError on a damaged value."""
     header, _, body = value.partition(b"\n")
-    prompt, completion = (int(n) for n in header.split())
-    return Usage(prompt, completion, cached_tokens=prompt), body
+    prompt, completion, priced = (int(n) for n in header.split())
+    return Usage(prompt, completion, cached_tokens=prompt), bool(priced), body
 
 
 def replay(body: bytes, include_usage: bool) -> list[bytes]:
@@ -94,7 +96,10 @@ class Assembler:
             elif event.data == b"[DONE]":
                 self.done = True
             elif not self.failed:
-                self._chunk(orjson.loads(event.data))
+                try:
+                    self._chunk(orjson.loads(event.data))
+                except (orjson.JSONDecodeError, AttributeError, TypeError):
+                    self.failed = True  # not a shape we can fold: the answer is relayed, not cached
 
     def _chunk(self, chunk: dict[str, Any]) -> None:
         if not self._head:

@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 from gateway.errors import GatewayError
+from gateway.pipeline.record import Record
 from gateway.sse import frame
 
 log = logging.getLogger("gateway.cache")
@@ -28,7 +29,8 @@ T = TypeVar("T")
 
 
 class Flight(Generic[T]):
-    def __init__(self, on_close: Callable[[Flight[T]], None]) -> None:
+    def __init__(self, record: Record, on_close: Callable[[Flight[T]], None]) -> None:
+        self.record = record  # the work's own record: every subscriber copies what it learned
         self.chunks: list[bytes] = []
         self.result: T | None = None
         self.error: GatewayError | None = None
@@ -108,8 +110,8 @@ class Flights(Generic[T]):
     def get(self, ident: Hashable) -> Flight[T] | None:
         return self._flights.get(ident)
 
-    def start(self, ident: Hashable, work: Callable[[Flight[T]], Awaitable[None]]) -> Flight[T]:
-        flight: Flight[T] = Flight(lambda f: self._remove(ident, f))
+    def start(self, ident: Hashable, record: Record, work: Callable[[Flight[T]], Awaitable[None]]) -> Flight[T]:
+        flight: Flight[T] = Flight(record, lambda f: self._remove(ident, f))
         self._flights[ident] = flight
         flight.task = asyncio.create_task(self._run(ident, flight, work))
         return flight

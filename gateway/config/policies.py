@@ -12,7 +12,7 @@ import fnmatch
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
@@ -35,6 +35,7 @@ class TeamSection(Limits):
     prompts: list[str] | None = None  # None = any prompt id
     tools: list[str] | None = None  # None = any function tool
     cache: bool = True  # false: this team's requests never read, write or share cached answers
+    capture_content: Literal["none", "metadata", "full"] | None = None  # overrides [telemetry] capture_content
 
 
 class KeySection(Limits):
@@ -61,6 +62,7 @@ class Principal:
     prompts: frozenset[str] | None
     tools: frozenset[str] | None
     cache: bool = True  # the team's response-cache opt-out
+    capture: str | None = None  # the team's capture_content override, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,4 +138,5 @@ def _principal(key: KeySection, team: TeamSection, models: list[str]) -> Princip
         prompts=frozenset(team.prompts) if team.prompts is not None else None,
         tools=frozenset(team.tools) if team.tools is not None else None,
         cache=team.cache,
+        capture=team.capture_content,
     )

@@ -33,13 +33,17 @@ class ServerSection(Strict):
 class StateSection(Strict):
     cache: str = Field("memory", pattern=r"^(memory|off)(\?.*)?$|^memory://|^rediss?://")  # see gateway/cache/store.py
     limits: str = "memory"
-    traces: str = "sqlite:///.gateway/traces.db"
+    traces: str = Field("sqlite:///.gateway/traces.db", pattern=r"^sqlite:///.+")  # see gateway/traces/store.py
+    trace_queue_size: int = Field(20_000, ge=1)  # records waiting for the store (and spans for OTLP) before the oldest drop
+    trace_retention_days: float = Field(30.0, gt=0)
+    trace_max_rows: int = Field(1_000_000, ge=1)
 
 
 class TelemetrySection(Strict):
-    otlp_endpoint: str = ""
+    otlp_endpoint: str = Field("", pattern=r"^(https?://.+)?$")
     service_name: str = "llm-gateway"
     capture_content: Literal["none", "metadata", "full"] = "full"
+    max_captured_bytes: int = Field(65536, ge=256)  # per captured body; longer ones are truncated with a marker
 
 
 class Price(Strict):

@@ -26,11 +26,15 @@ from gateway.providers.errors import provider_error
 from gateway.providers.openai import completion_text, garbage
 from gateway.providers.shapes import finish_embeddings
 from gateway.sse import DONE, SSEDecoder, frame
-from gateway.upstream import UpstreamResponse
+from gateway.traces.context import upstream_header
+from gateway.upstream import UpstreamRequest, UpstreamResponse
 
 
 async def _send(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> UpstreamResponse:
     request = deployment.wire.request(op, body, deployment)
+    if record.trace_id:  # continue the trace upstream, under this attempt's CLIENT span
+        header = upstream_header(record.trace_id, record.span_id, record.trace_flags, len(record.attempts))
+        request = UpstreamRequest(request.url, {**request.headers, "traceparent": header}, request.body)
     record.target = deployment.label
     response = await deployment.transport.send(request, deployment.first_byte_s)
     if response.status >= 300:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.providers.base import Usage
 
@@ -49,6 +50,18 @@ class Record:
     prompt_label: str | None = None  # None when the reference named a version number
     prompt_hash: str | None = None
     cache: str = "bypass"  # hit | miss | bypass | coalesced: the x-gateway-cache value
+    # tracing (gateway/traces): the W3C context, and what content capture needs, as references
+    trace_id: str = ""
+    span_id: str = ""  # the gateway's SERVER span; attempt i's CLIENT span is child_span_id(span_id, i)
+    parent_span_id: str | None = None  # from the client's traceparent
+    trace_flags: str = "01"
+    overhead_s: float | None = None  # the x-gateway-overhead-ms figure, once the response headers are out
+    response_id: str | None = None
+    response_model: str | None = None
+    capture: str = "none"  # content capture for this request: none | metadata | full
+    request_body: dict[str, Any] | None = None  # the parsed body (parameters only, once handed over, for "none")
+    response_body: dict[str, Any] | None = None  # "full" only: the complete answer, in OpenAI's format
+    response_text: list[str] | None = None  # "full" only, streams: the relayed text
 
     def overhead_ms(self, now: float) -> float:
         return max(0.0, (now - self.t0 - self.upstream_s) * 1000)

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.config.policies import PolicySet
-from gateway.errors import BadRequest, GatewayError
+from gateway.errors import BadRequest, Conflict, GatewayError
 from gateway.pipeline.auth import authenticate, require_admin
 from gateway.pipeline.body import read_json
 from gateway.prompts.registry import DEFAULT_LABEL, Prompt, Version
@@ -107,11 +107,10 @@ class PromptAdmin:
             failing = not all(r.ok for r in outcome)
         if failing and not move.force:
             failed = ", ".join(str(r["case"]) for r in results if not r["ok"])
-            raise BadRequest(
+            raise Conflict(
                 f"Refusing to move `{label}` of `{prompt_id}` to version {move.version}: "
                 f"test case(s) {failed} fail. Use force to move anyway.",
                 code="prompt_tests_failed",
-                status=409,
             )
         forced = failing and move.force
         await self.service.move_label(prompt_id, label, move.version, forced)

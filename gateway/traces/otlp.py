@@ -68,9 +68,26 @@ def _any(value: Value) -> bytes:
     return _field(b"\x2a", values)  # array_value = 5
 
 
+_ENCODED: dict[tuple[str, object, type], bytes] = {}  # most attribute values repeat (models, teams, providers)
+
+
+def _attribute(tag: bytes, key: str, value: Value) -> bytes:
+    cacheable = not isinstance(value, list | tuple)
+    if cacheable:
+        found = _ENCODED.get((key, value, type(value)))
+        if found is not None:
+            return found
+    encoded = _field(tag, _key(key) + _field(b"\x12", _any(value)))
+    if cacheable:
+        if len(_ENCODED) > 50_000:
+            _ENCODED.clear()
+        _ENCODED[(key, value, type(value))] = encoded
+    return encoded
+
+
 def attributes(tag: bytes, attrs: Mapping[str, Value | None]) -> bytes:
     """Repeated KeyValue fields under `tag`; None values are left out."""
-    return b"".join(_field(tag, _key(k) + _field(b"\x12", _any(v))) for k, v in attrs.items() if v is not None)
+    return b"".join([_attribute(tag, k, v) for k, v in attrs.items() if v is not None])
 
 
 @dataclass(slots=True)

@@ -1,0 +1,303 @@
+"""The reuse stage, between routing and dispatch: cache hits, shared (coalesced) calls, batched embeddings.
+
+For a request of a model with `cache` on:
+1. Is it cacheable? The model's mode ("all", or "deterministic": temperature 0 or a seed), the
+   team's opt-out, and `x-gateway-cache: no-store` decide. If not, it bypasses the stage: chat and
+   completions go back to the ordinary path, having paid a dict lookup and a few checks.
+2. Unless `x-gateway-cache: refresh`, the store is read; a hit is answered at once, as the stored
+   JSON or as a replayed SSE stream.
+3. Otherwise the request joins the call in flight for the same (scope, key, reply shape), and is
+   `coalesced`, or starts one and is the `miss`. The call runs on a record of its own; when it ends,
+   each subscriber copies what it learned (the leader its usage and cost, the others the usage as
+   cached tokens and a cost of zero, as for a hit). A complete, successful answer is written to the
+   store.
+
+Coalescing covers cacheable requests only: sharing one sampled answer between requests that asked
+for randomness would change what they get. Calls are shared per reply shape (JSON, stream, stream
+with usage), so every subscriber receives exactly the bytes the call produced; a JSON and a
+streaming request for the same key make two calls, and either is later answered from the cache.
+A failing store is bypassed for the request (`x-gateway-cache: bypass`, counted in
+`gateway_cache_errors_total`); the request still coalesces.
+
+Embeddings always pass through here, cacheable or not: a miss goes upstream through the `Batcher`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from gateway.batching import Batcher
+from gateway.cache import entry
+from gateway.cache.entry import Assembler
+from gateway.cache.flight import Flight, Flights
+from gateway.cache.key import cache_key, deterministic, scope
+from gateway.cache.store import CacheUnavailable, Store
+from gateway.catalog import ModelRoute
+from gateway.config import Config
+from gateway.config.policies import Principal
+from gateway.metrics import Metrics
+from gateway.pipeline import dispatch
+from gateway.pipeline.record import Record
+from gateway.pipeline.route import Attempts
+from gateway.providers.base import Deployment, Operation, Reply, Usage
+from gateway.streaming import SSEResponse
+
+Answer = tuple[bytes, Reply | None]
+Headers = Callable[[], dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    mode: str  # "deterministic" | "all"
+    ttl_s: int
+    shared: bool
+
+
+def _nothing() -> None:
+    return None
+
+
+class JSONAnswer(Response):
+    """A JSON reply with its headers encoded in one pass (Starlette's Response.__init__ normalises
+    and re-encodes them, a measurable share of a cache hit)."""
+
+    def __init__(self, content: bytes, headers: dict[str, str]) -> None:
+        self.status_code = 200
+        self.body = content
+        self.background = None
+        raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
+        self.raw_headers = raw + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+class Upstream:
+    """The one upstream call of a flight, through the routing stage (retries, fallbacks) and, for
+    embeddings, the batcher."""
+
+    __slots__ = ("body", "op", "record", "reuse", "route")
+
+    def __init__(self, op: Operation, body: dict[str, Any], route: ModelRoute, record: Record, reuse: Reuse) -> None:
+        self.op, self.body, self.route, self.record, self.reuse = op, body, route, record, reuse
+
+    async def complete(self) -> Answer:
+        if self.op is Operation.EMBEDDINGS:
+            return await self.reuse.batcher.embed(self.body, self.route, self.record)
+        _, answer = await self.reuse.attempts.serve(self.op, self.body, self.route, self.record, streaming=False)
+        return answer  # type: ignore[no-any-return]
+
+    async def stream(self) -> AsyncGenerator[bytes, None]:
+        """The relayed stream, opened: an error before its first byte is raised here."""
+        deployment, stream = await self.reuse.attempts.serve(self.op, self.body, self.route, self.record, streaming=True)
+        stream.deadline = self.record.t0 + self.route.deadline_s
+        relay: AsyncGenerator[bytes, None] = stream.relay(dispatch.closing_usage(self.op, self.body, deployment, self.record), _nothing)
+        return relay
+
+
+def adopt(record: Record, source: Record, leader: bool) -> None:
+    """Copy into a subscriber's record what the shared call learned."""
+    record.target, record.finish_reason, record.priced = source.target, source.finish_reason, source.priced
+    record.upstream_s = source.upstream_s
+    usage = source.usage
+    if leader:
+        record.usage, record.cost_usd, record.attempts = usage, source.cost_usd, source.attempts
+    elif usage is not None:
+        record.usage = Usage(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens, estimated=usage.estimated)
+        record.cost_usd = 0.0
+    if source.error_type is not None and source.status != 499:
+        record.status, record.error_type = source.status, source.error_type
+    record.response_id, record.response_model = source.response_id, source.response_model
+    if record.capture == "full":
+        record.response_body = source.response_body
+
+
+def captured(record: Record, data: dict[str, Any]) -> None:
+    """What traces keep of an answer (see Record.capture)."""
+    record.response_id, record.response_model = data.get("id"), data.get("model")
+    if record.capture == "full":
+        record.response_body = data
+
+
+class Reuse:
+    def __init__(self, config: Config, store: Store, metrics: Metrics, attempts: Attempts) -> None:
+        models = config.file.models
+        self.attempts = attempts
+        self.keepalive_s = config.file.server.sse_keepalive_s
+        self.cached = {
+            name: CachePolicy(m.cache, m.cache_ttl_s, m.cache_scope == "shared") for name, m in models.items() if m.cache != "off"
+        }
+        self.store = store
+        self.metrics = metrics
+        self.flights: Flights[Answer] = Flights()
+        self.batcher = Batcher({name: m.batch for name, m in models.items()}, self._embed, metrics.batch)
+
+    async def _embed(self, body: dict[str, Any], route: ModelRoute, record: Record) -> tuple[Deployment, tuple[bytes, Reply]]:
+        deployment, answer = await self.attempts.serve(Operation.EMBEDDINGS, body, route, record, streaming=False)
+        return deployment, answer
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def serve(
+        self,
+        request_headers: Mapping[str, str],
+        principal: Principal,
+        op: Operation,
+        body: dict[str, Any],
+        route: ModelRoute,
+        record: Record,
+        headers: Headers,
+        finish: Callable[[], None],
+    ) -> Response | None:
+        """The answer, or None when the ordinary path should serve the request."""
+        stream = body.get("stream") is True
+        if stream and op is Operation.EMBEDDINGS:
+            return None
+        policy = self.cached.get(route.name)
+        control = request_headers.get("x-gateway-cache")
+        if (
+            policy is None
+            or not principal.cache
+            or control == "no-store"
+            or (policy.mode == "deterministic" and not deterministic(op, body))
+        ):
+            if op is not Operation.EMBEDDINGS:
+                return None
+            return self._json(await self.batcher.embed(body, route, record), record, headers)
+        key = cache_key(scope(principal.team, policy.shared), op, route.name, body, record.prompt_hash)
+        record.stream = stream
+        ttl_s = policy.ttl_s
+        if control != "refresh":
+            try:
+                value = await self.store.get(key)
+            except CacheUnavailable:
+                self.metrics.cache_errors.labels("get").inc()
+                value, ttl_s = None, 0
+            if value is not None:
+                hit = self._hit(value, body, stream, record, headers, finish)
+                if hit is not None:
+                    return hit
+        ident = (key, stream, stream and _include_usage(body))
+        flight = self.flights.get(ident)
+        if flight is None:
+            record.cache = "miss" if ttl_s else "bypass"
+            own = dataclasses.replace(record, attempts=[])
+            upstream = Upstream(op, body, route, own, self)
+            flight = self.flights.start(ident, own, partial(self._stream_work if stream else self._work, upstream, key, ttl_s))
+        else:
+            record.cache = "coalesced"
+        flight.join()
+        if stream:
+            return await self._subscribe(flight, record, headers, finish)
+        try:
+            answer = await flight.outcome()
+        finally:
+            flight.leave()
+        adopt(record, flight.record, record.cache != "coalesced")
+        return self._json(answer, record, headers)
+
+    # answers ---------------------------------------------------------------------------------
+    def _json(self, answer: Answer, record: Record, headers: Headers) -> Response:
+        content, reply = answer
+        out = headers()
+        out["x-gateway-cache"] = record.cache
+        if reply is not None and reply.usage is not None and reply.usage.estimated:
+            out["x-gateway-usage"] = "estimated"
+        if record.priced:
+            out["x-gateway-cost-usd"] = f"{record.cost_usd:.10f}"
+        return JSONAnswer(content, out)
+
+    def _hit(
+        self, value: bytes, body: dict[str, Any], stream: bool, record: Record, headers: Headers, finish: Callable[[], None]
+    ) -> Response | None:
+        try:
+            usage, priced, content = entry.decode(value)
+            events = entry.replay(content, _include_usage(body)) if stream else []
+        except ValueError:  # a damaged entry (orjson's error is a ValueError too): answer as a miss
+            self.metrics.cache_errors.labels("decode").inc()
+            return None
+        record.cache, record.usage, record.cost_usd, record.priced = "hit", usage, 0.0, priced
+        if record.capture != "none":
+            captured(record, orjson.loads(content))
+        if not stream:
+            return self._json((content, None), record, headers)
+        record.ttft_s = time.perf_counter() - record.t0
+        out = headers()
+        out["x-gateway-cache"] = "hit"
+        return SSEResponse(_replay(b"".join(events), finish), out, self.keepalive_s)
+
+    async def _subscribe(self, flight: Flight[Answer], record: Record, headers: Headers, finish: Callable[[], None]) -> Response:
+        try:
+            await flight.first()
+        except BaseException:
+            flight.leave()
+            raise
+        record.ttft_s = time.perf_counter() - record.t0
+        record.target = flight.record.target
+        out = headers()
+        out["x-gateway-cache"] = record.cache
+        return SSEResponse(self._follow(flight, record, finish), out, self.keepalive_s)
+
+    async def _follow(self, flight: Flight[Answer], record: Record, finish: Callable[[], None]) -> AsyncGenerator[bytes, None]:
+        complete = False
+        try:
+            async for chunk in flight.follow():
+                yield chunk
+            complete = True
+        finally:
+            flight.leave()
+            adopt(record, flight.record, record.cache != "coalesced")
+            if not complete and record.error_type is None:
+                record.status, record.error_type = 499, "client_disconnected"
+            finish()
+
+    # the shared call -------------------------------------------------------------------------
+    async def _work(self, upstream: Upstream, key: str, ttl_s: int, flight: Flight[Answer]) -> None:
+        answer = await upstream.complete()
+        reply, record = answer[1], upstream.record
+        if reply is not None:
+            captured(record, reply.data)
+        flight.finish(answer)
+        if ttl_s and reply is not None and record.usage is not None:
+            await self._put(key, entry.encode(reply.data, record.usage, record.priced), ttl_s)
+
+    async def _stream_work(self, upstream: Upstream, key: str, ttl_s: int, flight: Flight[Answer]) -> None:
+        relay = await upstream.stream()
+        assembler = Assembler()
+        try:
+            async for chunk in relay:
+                assembler.feed(chunk)
+                flight.publish(chunk)
+        finally:
+            await relay.aclose()
+        record = upstream.record
+        final = assembler.final()
+        if final is not None:
+            captured(record, final)
+        flight.finish()
+        if ttl_s and final is not None and record.usage is not None and record.error_type is None:
+            await self._put(key, entry.encode(final, record.usage, record.priced), ttl_s)
+
+    async def _put(self, key: str, value: bytes, ttl_s: int) -> None:
+        try:
+            await self.store.set(key, value, ttl_s)
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("set").inc()
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+async def _replay(events: bytes, finish: Callable[[], None]) -> AsyncGenerator[bytes, None]:
+    try:
+        yield events
+    finally:
+        finish()

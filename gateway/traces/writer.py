@@ -1,0 +1,383 @@
+"""The trace writer: one process, fed by every worker, that owns the store and the OTLP export.
+
+Workers hand finished records over a Unix socket in length-prefixed batches (`sink.py`); nothing
+on a worker's request path waits for this process. Here a selector loop reads the batches into two
+bounded queues, one per sink: a store thread inserts into SQLite (the only writer of the file) and
+an export thread turns records into spans and posts them over OTLP/HTTP. A full queue drops its
+oldest records; every record and span ends up counted as written/exported or dropped (by reason),
+and those totals go back to every worker a few times a second for `/metrics`.
+
+Shutdown is driven by the owner (the single worker, or the supervisor): it closes the writer's stdin
+after its workers have flushed and closed their connections. The writer then reads what is left,
+drains both queues (the export within a deadline), and exits. SIGTERM and SIGINT are ignored here,
+so a signal sent to the whole process group cannot cut a flush short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import selectors
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from gateway.traces import rows, spans, store
+from gateway.traces.otlp import Exporter, export_request
+
+if TYPE_CHECKING:  # the writer process never imports the config models (pydantic: ~15 MB)
+    from gateway.config import Config
+
+log = logging.getLogger("gateway.traces")
+
+HEADER = 4  # bytes of little-endian frame length
+STORE_BATCH = 500
+EXPORT_BATCH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    db_path: Path
+    otlp_endpoint: str
+    service_name: str
+    queue_size: int
+    retention_days: float
+    max_rows: int
+    max_captured_bytes: int
+    providers: dict[str, tuple[str, str]]  # name -> (kind, host:port)
+    drain_timeout_s: float = 60.0
+    export_timeout_s: float = 10.0
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({**dataclasses.asdict(self), "db_path": str(self.db_path)})
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Settings:
+        data = orjson.loads(raw)
+        providers = {name: (kind, address) for name, (kind, address) in data.pop("providers").items()}
+        return cls(**{**data, "db_path": Path(data["db_path"]), "providers": providers})
+
+
+def settings_from(config: Config) -> Settings:
+    f = config.file
+    providers: dict[str, tuple[str, str]] = {}
+    for name, p in f.providers.items():
+        kind = "azure" if p.azure else p.kind
+        netloc = urlsplit(p.base_url).netloc if p.base_url else ""
+        if netloc and ":" not in netloc:
+            netloc += ":443" if p.base_url and p.base_url.startswith("https") else ":80"
+        providers[name] = (kind, netloc)
+    return Settings(
+        db_path=store.sqlite_path(f.state.traces, config.path),
+        otlp_endpoint=f.telemetry.otlp_endpoint,
+        service_name=f.telemetry.service_name,
+        queue_size=f.state.trace_queue_size,
+        retention_days=f.state.trace_retention_days,
+        max_rows=f.state.trace_max_rows,
+        max_captured_bytes=f.telemetry.max_captured_bytes,
+        providers=providers,
+        drain_timeout_s=f.server.drain_timeout_s + 30,
+    )
+
+
+class BoundedQueue:
+    """A deque that drops its oldest items when full, counting them; consumers take batches."""
+
+    def __init__(self, size: int, on_drop: Callable[[list[dict[str, Any]]], None]) -> None:
+        self._items: deque[dict[str, Any]] = deque()
+        self._size = size
+        self._on_drop = on_drop
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def put_many(self, items: list[dict[str, Any]]) -> None:
+        with self._ready:
+            self._items.extend(items)
+            over = len(self._items) - self._size
+            if over > 0:
+                self._on_drop([self._items.popleft() for _ in range(over)])
+            self._ready.notify()
+
+    def take(self, limit: int, timeout: float) -> list[dict[str, Any]] | None:
+        """Up to `limit` items; [] after `timeout` with none; None once closed and empty."""
+        with self._ready:
+            if not self._items and not self._closed:
+                self._ready.wait(timeout)
+            if not self._items:
+                return None if self._closed else []
+            return [self._items.popleft() for _ in range(min(limit, len(self._items)))]
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def clear(self) -> list[dict[str, Any]]:
+        with self._ready:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+
+@dataclass
+class Totals:
+    received: int = 0
+    written: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: {"queue_full": 0, "store_error": 0})
+    spans_exported: int = 0
+    spans_dropped: dict[str, int] = field(default_factory=lambda: {"queue_full": 0, "export_failed": 0})
+
+    def message(self) -> bytes:
+        return orjson.dumps(self.__dict__) + b"\n"
+
+
+def _span_count(entries: list[dict[str, Any]]) -> int:
+    return sum(spans.count(len(e.get("attempts") or ()), e.get("target")) for e in entries)
+
+
+class Writer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.totals = Totals()
+        self.records = BoundedQueue(settings.queue_size, self._records_dropped)
+        self.exporting = bool(settings.otlp_endpoint)
+        self.to_export = BoundedQueue(settings.queue_size, self._spans_dropped)
+        self._conn: sqlite3.Connection | None = None
+        self._last_error_log = 0.0
+        self._since_prune = 0
+        self._pruned_at = 0.0
+
+    # accounting ----------------------------------------------------------------------------
+    def _records_dropped(self, entries: list[dict[str, Any]], reason: str = "queue_full") -> None:
+        self.totals.dropped[reason] += len(entries)
+        if reason == "queue_full":
+            self._warn(f"trace store behind: dropped the {len(entries)} oldest trace records")
+
+    def _spans_dropped(self, entries: list[dict[str, Any]], reason: str = "queue_full") -> None:
+        self.totals.spans_dropped[reason] += _span_count(entries)
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= 10:
+            self._last_error_log = now
+            log.error("%s (further drops are counted in gateway_trace_records_dropped_total)", message)
+
+    # the store -----------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = store.connect(self.settings.db_path)
+            try:
+                store.migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            conn = self._open()
+            store.insert(conn, [rows.row(e, self.settings.max_captured_bytes) for e in batch])
+        except (sqlite3.Error, OSError, store.StoreError) as exc:
+            self._records_dropped(batch, "store_error")
+            self._warn(f"trace store {self.settings.db_path} failed: {exc}")
+            if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+                self._conn = None
+            return
+        self.totals.written += len(batch)
+        self._since_prune += len(batch)
+        if self._since_prune >= max(1, min(1000, self.settings.max_rows // 10)) or time.monotonic() - self._pruned_at > 60:
+            self._prune(conn)
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        self._since_prune, self._pruned_at = 0, time.monotonic()
+        with contextlib.suppress(sqlite3.Error):
+            store.prune(conn, self.settings.retention_days, self.settings.max_rows)
+
+    def store_loop(self) -> None:
+        with contextlib.suppress(sqlite3.Error, OSError, store.StoreError):
+            self._prune(self._open())  # migrate and apply retention on start
+        while (batch := self.records.take(STORE_BATCH, 1.0)) is not None:
+            if batch:
+                self._write(batch)
+        if self._conn is not None:
+            self._conn.close()
+
+    # the OTLP export -----------------------------------------------------------------------
+    def export_loop(self, stop_by: list[float]) -> None:
+        s = self.settings
+        exporter = Exporter(s.otlp_endpoint, timeout_s=s.export_timeout_s)
+        resource = {"service.name": s.service_name, "service.instance.id": f"{socket.gethostname()}:{os.getppid()}"}
+        while (batch := self.to_export.take(EXPORT_BATCH, 1.0)) is not None:
+            if not batch:
+                continue
+            built = [span for e in batch for span in spans.build(e, s.providers, s.max_captured_bytes)]
+            body = export_request(resource, "llm-gateway", "0.1.0", built)
+            deadline = stop_by[0] if stop_by else time.monotonic() + 30
+            if exporter.export(body, deadline):
+                self.totals.spans_exported += len(built)
+            else:
+                self.totals.spans_dropped["export_failed"] += len(built)
+            if stop_by and time.monotonic() > stop_by[0]:
+                self._spans_dropped(self.to_export.clear(), "export_failed")
+        exporter.close()
+
+    # intake --------------------------------------------------------------------------------
+    def _frame(self, payload: bytes) -> None:
+        message = orjson.loads(payload)
+        entries: list[dict[str, Any]] = message["records"]
+        self.totals.dropped["queue_full"] += message.get("dropped", 0)
+        self.totals.spans_dropped["queue_full"] += message.get("dropped_spans", 0)
+        self.totals.received += len(entries)
+        self.records.put_many(entries)
+        if self.exporting:
+            self.to_export.put_many(entries)
+
+    def serve(self, listener: socket.socket, control: IO[bytes]) -> None:
+        store_thread = threading.Thread(target=self.store_loop, name="trace-store")
+        stop_by: list[float] = []
+        export_thread = threading.Thread(target=self.export_loop, args=(stop_by,), name="trace-export")
+        store_thread.start()
+        if self.exporting:
+            export_thread.start()
+        self._intake(listener, control)
+        stop_by.append(time.monotonic() + self.settings.export_timeout_s)
+        self.records.close()
+        self.to_export.close()
+        store_thread.join()
+        if self.exporting:
+            export_thread.join()
+        t = self.totals
+        log.info(
+            "trace writer done: %d records received, %d written, dropped %s; spans exported %d, dropped %s",
+            t.received,
+            t.written,
+            t.dropped,
+            t.spans_exported,
+            t.spans_dropped,
+        )
+
+    def _intake(self, listener: socket.socket, control: IO[bytes]) -> None:
+        selector = selectors.DefaultSelector()
+        listener.setblocking(False)
+        selector.register(listener, selectors.EVENT_READ, "accept")
+        selector.register(control.fileno(), selectors.EVENT_READ, "control")
+        buffers: dict[socket.socket, bytearray] = {}
+        stopping_at: float | None = None
+        last_sent, sent_at = b"", 0.0
+        while stopping_at is None or (buffers and time.monotonic() - stopping_at < self.settings.drain_timeout_s):
+            for key, _ in selector.select(0.2):
+                if key.data == "accept":
+                    client, _ = listener.accept()
+                    client.setblocking(False)
+                    buffers[client] = bytearray()
+                    selector.register(client, selectors.EVENT_READ, "client")
+                elif key.data == "control":
+                    with contextlib.suppress(OSError):
+                        if os.read(control.fileno(), 4096):
+                            continue
+                    stopping_at = time.monotonic()  # the owner closed our stdin: no more workers will come
+                    selector.unregister(control.fileno())
+                    selector.unregister(listener)
+                    listener.close()
+                else:
+                    sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                    if not self._read(sock, buffers[sock]):
+                        selector.unregister(sock)
+                        sock.close()
+                        del buffers[sock]
+            if time.monotonic() - sent_at < 0.2:
+                continue
+            message, sent_at = self.totals.message(), time.monotonic()
+            if message != last_sent:
+                last_sent = message
+                for sock in buffers:
+                    with contextlib.suppress(OSError):
+                        sock.send(message)
+        if buffers:
+            log.error("trace writer: %d worker connections still open after the drain timeout", len(buffers))
+
+    def _read(self, sock: socket.socket, buffer: bytearray) -> bool:
+        try:
+            data = sock.recv(1 << 20)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        buffer += data
+        while len(buffer) >= HEADER:
+            size = int.from_bytes(buffer[:HEADER], "little")
+            if len(buffer) < HEADER + size:
+                break
+            payload = bytes(buffer[HEADER : HEADER + size])
+            del buffer[: HEADER + size]
+            try:
+                self._frame(payload)
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                log.exception("trace writer: unreadable batch from a worker")
+        return bool(data)
+
+
+def main() -> None:
+    """`python -m gateway.traces.writer FD`: FD is the listening socket; stdin carries the settings
+    (one JSON line) and then stays open until the owner is done."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    listener = socket.socket(fileno=int(sys.argv[1]))
+    settings = Settings.from_json(sys.stdin.buffer.readline())
+    Writer(settings).serve(listener, sys.stdin.buffer)
+
+
+class WriterProcess:
+    """Started by whoever owns the workers; `address` is the socket the workers connect to."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._dir = tempfile.mkdtemp(prefix="gateway-traces-")
+        self.address = str(Path(self._dir) / "writer.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(self.address)
+            listener.listen(256)
+            fd = listener.fileno()
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "gateway.traces.writer", str(fd)], stdin=subprocess.PIPE, pass_fds=(fd,)
+            )
+        assert self._process.stdin is not None
+        self._process.stdin.write(settings.to_json() + b"\n")
+        self._process.stdin.flush()
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Tell the writer that no more workers will come, wait for it to flush, and clean up."""
+        assert self._process.stdin is not None
+        with contextlib.suppress(OSError):
+            self._process.stdin.close()  # EOF: the signal to finish
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("trace writer did not finish in time; killing it")
+            self._process.kill()
+            self._process.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        return self._process.returncode
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The Redis cache backend: the store contract, replicas sharing it, and Redis failing mid-run.
+
+Uses the Redis on 127.0.0.1:6379 (db 14, a unique key prefix) for the contract and replica tests,
+and a redis-server of its own on a free port for the outage test, which kills it. Without Redis
+these tests skip, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.cache.store import CacheUnavailable, MemoryStore, RedisStore, Store, open_store
+from tests.cache_support import POLICY, client, config
+from tests.conftest import GatewayFactory, free_port
+from tests.fakes.openai_upstream import FakeOpenAI
+
+SHARED = "redis://127.0.0.1:6379/14"
+
+
+def need_redis(port: int = 6379) -> None:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is not reachable on 127.0.0.1:{port} (required under CI)")
+        pytest.skip(f"Redis is not reachable on 127.0.0.1:{port}")
+
+
+def prefix() -> str:
+    return f"gwtest-{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "redis":
+        need_redis()
+        backend: Store = open_store(f"{SHARED}?prefix={prefix()}")
+    else:
+        backend = MemoryStore()
+    yield backend
+    await backend.close()
+
+
+async def test_store_contract(store: Store) -> None:
+    assert await store.get("absent") is None
+    await store.set("k", b"\x00value\n", 60)
+    assert await store.get("k") == b"\x00value\n"
+    await store.set("k", b"other", 60)
+    assert await store.get("k") == b"other"
+    await store.set("short", b"x", 1)
+    await asyncio.sleep(1.1)
+    assert await store.get("short") is None
+
+
+async def test_redis_keys_carry_the_prefix_and_a_ttl() -> None:
+    need_redis()
+    import redis.asyncio as redis
+
+    p = prefix()
+    store = open_store(f"{SHARED}?prefix={p}")
+    await store.set("t:alpha:abc", b"v", 30)
+    raw = redis.Redis.from_url(SHARED)
+    try:
+        assert await raw.get(p + "t:alpha:abc") == b"v"
+        assert 0 < await raw.ttl(p + "t:alpha:abc") <= 30
+        await raw.delete(p + "t:alpha:abc")
+    finally:
+        await raw.aclose()
+        await store.close()
+
+
+async def test_a_dead_redis_fails_fast_behind_the_breaker() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    for _ in range(3):
+        with pytest.raises(CacheUnavailable):
+            await store.get("k")
+    started = time.perf_counter()
+    for _ in range(1000):
+        with pytest.raises(CacheUnavailable, match="breaker open"):
+            await store.get("k")
+    assert time.perf_counter() - started < 0.5
+    await store.close()
+
+
+def test_replicas_share_the_redis_cache(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:
+    need_redis()
+    url = f"{SHARED}?prefix={prefix()}"
+    one = gateway_factory(config(fake.base_url, state_cache=url), {"p.toml": POLICY})
+    two = gateway_factory(config(fake.base_url, state_cache=url), {"p.toml": POLICY})
+    messages = [{"role": "user", "content": "replica " + uuid.uuid4().hex}]
+    first = client(one).chat.completions.with_raw_response.create(model="cached", messages=messages)
+    second = client(two).chat.completions.with_raw_response.create(model="cached", messages=messages)
+    assert (first.headers["x-gateway-cache"], second.headers["x-gateway-cache"]) == ("miss", "hit")
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert len(fake.requests) == 1
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (required under CI)")
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise
+            time.sleep(0.05)
+    yield port, process
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+def test_requests_still_succeed_when_redis_stops_mid_run(
+    gateway_factory: GatewayFactory, fake: FakeOpenAI, own_redis: tuple[int, subprocess.Popen[bytes]]
+) -> None:
+    port, redis_process = own_redis
+    gw = gateway_factory(config(fake.base_url, state_cache=f"redis://127.0.0.1:{port}/0"), {"p.toml": POLICY})
+    messages = [{"role": "user", "content": "outage " + uuid.uuid4().hex}]
+
+    def ask() -> str:
+        raw = client(gw).chat.completions.with_raw_response.create(model="cached", messages=messages)
+        assert raw.parse().choices[0].message.content == "echo: " + messages[0]["content"]
+        return raw.headers["x-gateway-cache"]
+
+    assert [ask(), ask()] == ["miss", "hit"]
+    redis_process.kill()
+    redis_process.wait()
+    started = time.monotonic()
+    results = [ask() for _ in range(20)]
+    assert set(results) == {"bypass"}
+    assert time.monotonic() - started < 5
+    assert len(fake.requests) == 21
+    metrics = httpx.get(gw.url + "/metrics").text
+    failures = [line for line in metrics.splitlines() if line.startswith('gateway_cache_errors_total{operation="get"}')]
+    assert failures and float(failures[0].split()[-1]) >= 1
+    assert "cache backend" in gw.log()
