@@ -48,6 +48,7 @@ class ModelRoute:
     deadline_s: float
     rules: tuple[RuleSection, ...] = ()
 
+
 @dataclass(frozen=True, slots=True)
 class Catalog:
     models: dict[str, ModelRoute]
@@ -102,9 +103,7 @@ def build_catalog(config: Config, pool: Pool) -> Catalog:
                     first_byte_s=section.first_byte_timeout_s or provider.first_byte_timeout_s,
                 )
             )
-        balancer = Balancer(
-            [d.weight for d in deployments], section.strategy, section.sticky, section.eject_after, section.ejection_s
-        )
+        balancer = Balancer([d.weight for d in deployments], section.strategy, section.sticky, section.eject_after, section.ejection_s)
         models[model] = ModelRoute(
             model, tuple(deployments), tuple(section.fallbacks), balancer, section.retries, section.deadline_s, tuple(section.rules)
         )

@@ -145,9 +145,7 @@ async def open_stream(op: Operation, body: dict[str, Any], deployment: Deploymen
     return stream
 
 
-def closing_usage(
-    op: Operation, body: dict[str, Any], deployment: Deployment, record: Record
-) -> Callable[[StreamState], Awaitable[bytes]]:
+def closing_usage(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> Callable[[StreamState], Awaitable[bytes]]:
     """At the end of a stream: settle usage, estimating it (and telling the client if it asked) when absent."""
 
     async def close(state: StreamState) -> bytes:
@@ -156,6 +154,7 @@ def closing_usage(
             settle(record, deployment, state.usage)
             return b""
         usage = await estimate(op, body, "".join(state.text), deployment.model)
+        usage.completion_tokens += state.dropped_chars // 4  # text past what a stream keeps: chars / 4
         settle(record, deployment, usage)
         if not state.include_usage:
             return b""

@@ -67,6 +67,9 @@ class Reply:
     finish_reason: str | None = None
 
 
+KEEP_TEXT = 256 * 1024
+
+
 @dataclass(slots=True)
 class StreamState:
     """What a stream translation has learned so far (for usage, traces and estimates)."""
@@ -77,7 +80,16 @@ class StreamState:
     done: bool = False  # the provider ended the stream properly
     response_id: str | None = None
     response_model: str | None = None
-    text: list[str] = field(default_factory=list)  # completion text, kept for estimates
+    text: list[str] = field(default_factory=list)  # completion text, for estimates and traces: the first KEEP_TEXT chars
+    kept_chars: int = 0
+    dropped_chars: int = 0  # text beyond KEEP_TEXT, only counted, so a stream's memory stays bounded
+
+    def add_text(self, text: str) -> None:
+        if self.kept_chars < KEEP_TEXT:
+            self.text.append(text)
+            self.kept_chars += len(text)
+        else:
+            self.dropped_chars += len(text)
 
 
 class StreamTranslator(Protocol):

@@ -80,7 +80,7 @@ class OpenAIStream:
                 delta = choice.get("delta")
                 text = delta.get("content") if delta else choice.get("text")
                 if text:
-                    state.text.append(text)
+                    state.add_text(text)
                 if choice.get("finish_reason"):
                     state.finish_reason = choice["finish_reason"]
         elif usage and not state.include_usage:

@@ -169,7 +169,7 @@ class Chunks:
         return self._frame([{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}])
 
     def text(self, text: str, index: int = 0) -> bytes:
-        self.state.text.append(text)
+        self.state.add_text(text)
         return self.delta({"content": text}, index=index)
 
     def usage(self) -> bytes:

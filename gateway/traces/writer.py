@@ -343,8 +343,12 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     listener = socket.socket(fileno=int(sys.argv[1]))
+    address = Path(listener.getsockname())
     settings = Settings.from_json(sys.stdin.buffer.readline())
-    Writer(settings).serve(listener, sys.stdin.buffer)
+    try:
+        Writer(settings).serve(listener, sys.stdin.buffer)
+    finally:  # also when the owner died without stopping us
+        shutil.rmtree(address.parent, ignore_errors=True)
 
 
 class WriterProcess:
