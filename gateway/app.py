@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import random
 import re
 import time
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.cache.store import open_store
 from gateway.catalog import Catalog, ModelRoute, build_catalog
@@ -54,7 +56,7 @@ JSON = "application/json"
 
 def request_id(request: Request) -> str:
     given = request.headers.get("x-request-id")
-    return given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if given and _REQUEST_ID.match(given) else f"{random.getrandbits(128):032x}"
 
 
 def error_response(exc: GatewayError, rid: str) -> Response:
@@ -68,6 +70,7 @@ class Gateway:
         self.capture = config.file.telemetry.capture_content
         self.trace_admin = TraceAdmin(self.trace_settings.db_path)
         self.traces: TraceSink | None = None
+        self._gauges: asyncio.Task[None] | None = None
         self._trace_writer = trace_writer  # the supervisor's writer, with --workers N; else this process starts one
         self._writer: WriterProcess | None = None
         self.pool = Pool(config.file.server.upstream_max_connections)
@@ -86,16 +89,28 @@ class Gateway:
         self.reuse = Reuse(config, open_store(config.file.state.cache), self.metrics, self.attempts)
 
     # lifecycle -------------------------------------------------------------------------------
+    async def _refresh_gauges(self) -> None:
+        while True:
+            self.metrics.set_in_flight(self.budget.requests)
+            await asyncio.sleep(1.0)
+
     async def startup(self) -> None:
         await self.pool.open()
         await self._open_traces()
         await self.prompts.start()
+        # everything loaded so far lives as long as the process: move it out of the garbage
+        # collector's generations, so collections triggered by per-request allocations stay cheap
+        gc.collect()
+        gc.freeze()
+        self._gauges = asyncio.get_running_loop().create_task(self._refresh_gauges())
         if self.policies.open is not None:
             log.warning(
                 "OPEN MODE: no policy files in %s; every request is admitted without a key", self.config.path(self.config.file.policies.dir)
             )
 
     async def shutdown(self) -> None:
+        if self._gauges is not None:
+            self._gauges.cancel()
         await self.prompts.stop()
         await self.pool.close()
         await self.reuse.close()
@@ -165,7 +180,6 @@ class Gateway:
     def _begin(self, request: Request, op: Operation, t0: float) -> Record:
         record = Record(request_id(request), op.value, time.time(), t0)
         tracecontext.start(record, request.headers.get("traceparent"))
-        self.metrics.started()
         return record
 
     def _answered(self, record: Record, reply: Reply) -> None:
@@ -270,6 +284,7 @@ class Gateway:
         return Response(orjson.dumps(body), media_type=JSON)
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        self.metrics.set_in_flight(self.budget.requests)
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def admin_policies(self, request: Request) -> Response:
@@ -327,6 +342,31 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return Response(error.json(), 500, media_type=JSON)
 
 
+class GatewayApp(Starlette):
+    """Starlette, with the OpenAI endpoints called straight from the ASGI scope.
+
+    Those endpoints catch their own errors and answer OpenAI-shaped bodies, so Starlette's router and
+    its two exception middlewares only add cost to them (~6% of a proxied request, measured). Every
+    other path, and the lifespan, goes through Starlette as usual.
+    """
+
+    fast: dict[str, Callable[[Request], Awaitable[Response]]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.fast.get(scope["path"])
+            if endpoint is not None:
+                scope["app"] = self
+                request = Request(scope, receive)
+                try:
+                    response = await endpoint(request)
+                except Exception as exc:
+                    response = await internal_error(request, exc)
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(config: Config, trace_writer: str | None = None) -> Starlette:
     gateway = Gateway(config, trace_writer)
 
@@ -352,8 +392,9 @@ def create_app(config: Config, trace_writer: str | None = None) -> Starlette:
         Route("/admin/traces/{request_id}", gateway.admin_trace, methods=["GET"]),
         *gateway.prompt_admin.routes(),
     ]
-    app = Starlette(
+    app = GatewayApp(
         routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: method_not_allowed, Exception: internal_error}
     )
+    app.fast = {"/v1/chat/completions": gateway.chat, "/v1/completions": gateway.completions, "/v1/embeddings": gateway.embeddings}
     app.state.gateway = gateway
     return app

@@ -104,12 +104,12 @@ class Metrics:
             )
         return children
 
-    def started(self) -> None:
-        self.in_flight.inc()
+    def set_in_flight(self, count: int) -> None:
+        """Requests in progress: set when scraped and every second, not twice per request."""
+        self.in_flight.set(count)
 
     def observe(self, record: Record) -> None:
-        """Everything about a finished request (once per request; ends what `started` began)."""
-        self.in_flight.dec()
+        """Everything about a finished request (once per request)."""
         c = self._for(record.model, record.status)
         c.requests.inc()
         c.duration.observe(record.duration_s)

@@ -30,13 +30,15 @@ from gateway.traces.context import upstream_header
 from gateway.upstream import UpstreamRequest, UpstreamResponse
 
 
-async def _send(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> UpstreamResponse:
+async def _send(
+    op: Operation, body: dict[str, Any], deployment: Deployment, record: Record, first_byte_s: float | None
+) -> UpstreamResponse:
     request = deployment.wire.request(op, body, deployment)
     if record.trace_id:  # continue the trace upstream, under this attempt's CLIENT span
         header = upstream_header(record.trace_id, record.span_id, record.trace_flags, len(record.attempts))
         request = UpstreamRequest(request.url, {**request.headers, "traceparent": header}, request.body)
     record.target = deployment.label
-    response = await deployment.transport.send(request, deployment.first_byte_s)
+    response = await deployment.transport.send(request, first_byte_s or deployment.first_byte_s)
     if response.status >= 300:
         raw = await response.read()
         message = deployment.wire.error_message(raw)
@@ -44,10 +46,12 @@ async def _send(op: Operation, body: dict[str, Any], deployment: Deployment, rec
     return response
 
 
-async def complete(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> tuple[bytes, Reply]:
+async def complete(
+    op: Operation, body: dict[str, Any], deployment: Deployment, record: Record, first_byte_s: float | None = None
+) -> tuple[bytes, Reply]:
     started = time.perf_counter()
     try:
-        response = await _send(op, body, deployment, record)
+        response = await _send(op, body, deployment, record, first_byte_s)
         raw = await response.read()
     finally:
         record.upstream_s += time.perf_counter() - started
@@ -133,10 +137,12 @@ class Stream:
             done()
 
 
-async def open_stream(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> Stream:
+async def open_stream(
+    op: Operation, body: dict[str, Any], deployment: Deployment, record: Record, first_byte_s: float | None = None
+) -> Stream:
     started = time.perf_counter()
     try:
-        response = await _send(op, body, deployment, record)
+        response = await _send(op, body, deployment, record, first_byte_s)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         stream = Stream(response, deployment.wire.stream(op, include_usage), record)
         await stream.open()

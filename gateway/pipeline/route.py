@@ -71,6 +71,12 @@ def pick_model(catalog: Catalog, route: ModelRoute, body: dict[str, Any], tag: s
     return route, None
 
 
+def _deadline(record: Record) -> UpstreamTimeout:
+    error = UpstreamTimeout(f"model `{record.model}` did not answer within its deadline", code="deadline_exceeded")
+    error.retryable = False  # no time is left for another attempt
+    return error
+
+
 class Attempts:
     def __init__(self, catalog: Catalog, budget: RetryBudget, rng: random.Random | None = None) -> None:
         self.catalog = catalog
@@ -121,21 +127,23 @@ class Attempts:
         is_retry = bool(record.attempts)
         record.attempts.append(attempt)
         self.budget.retries += is_retry
+        # the deadline bounds the wait for the first byte (one timer per attempt); after that the
+        # provider's idle timeout bounds each silence, and streams check the deadline per chunk
+        deadline_first = remaining < deployment.first_byte_s
         try:
             if remaining <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(remaining):
-                if streaming:
-                    result: Any = await dispatch.open_stream(op, body, deployment, record)
-                else:
-                    result = await dispatch.complete(op, body, deployment, record)
-        except TimeoutError:
-            error = UpstreamTimeout(f"model `{record.model}` did not answer within its deadline", code="deadline_exceeded")
-            self._settle(model, index, attempt, started, error)
-            raise error from None
+                raise _deadline(record)
+            first_byte_s = min(remaining, deployment.first_byte_s)
+            if streaming:
+                result: Any = await dispatch.open_stream(op, body, deployment, record, first_byte_s)
+            else:
+                result = await dispatch.complete(op, body, deployment, record, first_byte_s)
         except GatewayError as exc:
-            self._settle(model, index, attempt, started, exc)
-            raise
+            error = _deadline(record) if deadline_first and exc.error_type == "first_byte_timeout" else exc
+            self._settle(model, index, attempt, started, error)
+            if error is exc:
+                raise
+            raise error from None
         except BaseException:
             model.balancer.finished(index, ok=True)  # cancelled (client gone, shutdown): not the target's fault
             raise

@@ -108,7 +108,9 @@ def prune(conn: sqlite3.Connection, retention_days: float, max_rows: int, now: f
     cutoff = (now if now is not None else time.time()) - retention_days * 86400
     before = conn.total_changes
     conn.execute("DELETE FROM traces WHERE started_at < ?", (cutoff,))
-    conn.execute("DELETE FROM traces WHERE seq <= (SELECT seq FROM traces ORDER BY seq DESC LIMIT 1 OFFSET ?)", (max_rows,))
+    # seq only grows and age removes the oldest rows, so the newest `max_rows` are those above
+    # max(seq) - max_rows: an index lookup, where OFFSET max_rows would walk that many rows
+    conn.execute("DELETE FROM traces WHERE seq <= (SELECT max(seq) FROM traces) - ?", (max_rows,))
     return conn.total_changes - before
 
 
