@@ -157,16 +157,22 @@ class _TraceCollector:
         totals, (dropped_here, spans_dropped_here) = source() if source is not None else ({}, (0, 0))
         written = CounterMetricFamily("gateway_trace_records_written", "Trace records written to the store")
         written.add_metric([], totals.get("written", 0))
-        dropped = CounterMetricFamily("gateway_trace_records_dropped", "Trace records dropped, by reason", labels=["reason"])
-        by_reason = dict(totals.get("dropped") or {"queue_full": 0, "store_error": 0})
-        by_reason["queue_full"] = by_reason.get("queue_full", 0) + dropped_here
-        for reason, value in sorted(by_reason.items()):
-            dropped.add_metric([reason], value)
+        dropped = _by_reason(
+            "gateway_trace_records_dropped", "Trace records dropped, by reason", totals.get("dropped"), "store_error", dropped_here
+        )
         exported = CounterMetricFamily("gateway_trace_spans_exported", "Spans accepted by the OTLP endpoint")
         exported.add_metric([], totals.get("spans_exported", 0))
-        spans_dropped = CounterMetricFamily("gateway_trace_spans_dropped", "Spans dropped, by reason", labels=["reason"])
-        span_reasons = dict(totals.get("spans_dropped") or {"queue_full": 0, "export_failed": 0})
-        span_reasons["queue_full"] = span_reasons.get("queue_full", 0) + spans_dropped_here
-        for reason, value in sorted(span_reasons.items()):
-            spans_dropped.add_metric([reason], value)
+        spans_dropped = _by_reason(
+            "gateway_trace_spans_dropped", "Spans dropped, by reason", totals.get("spans_dropped"), "export_failed", spans_dropped_here
+        )
         yield from (written, dropped, exported, spans_dropped)
+
+
+def _by_reason(name: str, doc: str, counts: dict[str, int] | None, other: str, queue_full_here: int) -> CounterMetricFamily:
+    """The writer's drop counts by reason, plus what this worker dropped from its own queue."""
+    family = CounterMetricFamily(name, doc, labels=["reason"])
+    by_reason = dict(counts or {"queue_full": 0, other: 0})
+    by_reason["queue_full"] = by_reason.get("queue_full", 0) + queue_full_here
+    for reason, value in sorted(by_reason.items()):
+        family.add_metric([reason], value)
+    return family

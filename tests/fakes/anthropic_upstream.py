@@ -138,9 +138,7 @@ def validate(req: Any) -> None:
 class FakeAnthropic(FakeOpenAI):
     """A fake Anthropic on 127.0.0.1 (see the module docstring)."""
 
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    base_path = ""
 
     async def _respond(
         self, request: web.Request, parsed: Any, raw: bytes, behavior: openai_upstream.Behavior, n: int

@@ -111,9 +111,7 @@ def validate(req: Any) -> None:
 class FakeGemini(FakeOpenAI):
     """A fake Gemini on 127.0.0.1 (see the module docstring)."""
 
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    base_path = ""
 
     async def _respond(
         self, request: web.Request, parsed: Any, raw: bytes, behavior: openai_upstream.Behavior, n: int

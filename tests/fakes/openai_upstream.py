@@ -349,10 +349,12 @@ class FakeOpenAI:
 
     # ---------------------------------------------------------------- test-side API
 
+    base_path = "/v1"  # what a client appends to the host; provider fakes without a version prefix set ""
+
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1"
+        return f"http://{host}:{self.port}{self.base_path}"
 
     @property
     def requests(self) -> list[RecordedRequest]:
