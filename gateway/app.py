@@ -27,10 +27,11 @@ from gateway.cache.store import open_store
 from gateway.catalog import Catalog, ModelRoute, build_catalog
 from gateway.config import Config, ConfigError
 from gateway.config.policies import PolicySet, Principal, load_policies
+from gateway.config.watch import signature
 from gateway.errors import BadRequest, GatewayError, NotFound, PermissionDenied, Unavailable
 from gateway.metrics import Metrics
 from gateway.pipeline import dispatch
-from gateway.pipeline.auth import authenticate, require_admin
+from gateway.pipeline.auth import authenticate, require_admin, require_tools
 from gateway.pipeline.body import read_json, validate
 from gateway.pipeline.record import Record
 from gateway.pipeline.reuse import Reuse
@@ -52,6 +53,7 @@ log = logging.getLogger("gateway")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 JSON = "application/json"
+POLICY_POLL_S = 1.0  # edits to policies/ take effect within about this long
 
 
 def request_id(request: Request) -> str:
@@ -71,6 +73,7 @@ class Gateway:
         self.trace_admin = TraceAdmin(self.trace_settings.db_path)
         self.traces: TraceSink | None = None
         self._gauges: asyncio.Task[None] | None = None
+        self._policy_watch: asyncio.Task[None] | None = None
         self._trace_writer = trace_writer  # the supervisor's writer, with --workers N; else this process starts one
         self._writer: WriterProcess | None = None
         self.pool = Pool(config.file.server.upstream_max_connections)
@@ -103,14 +106,16 @@ class Gateway:
         gc.collect()
         gc.freeze()
         self._gauges = asyncio.get_running_loop().create_task(self._refresh_gauges())
+        self._policy_watch = asyncio.get_running_loop().create_task(self._watch_policies())
         if self.policies.open is not None:
             log.warning(
                 "OPEN MODE: no policy files in %s; every request is admitted without a key", self.config.path(self.config.file.policies.dir)
             )
 
     async def shutdown(self) -> None:
-        if self._gauges is not None:
-            self._gauges.cancel()
+        for task in (self._gauges, self._policy_watch):
+            if task is not None:
+                task.cancel()
         await self.prompts.stop()
         await self.pool.close()
         await self.reuse.close()
@@ -193,6 +198,24 @@ class Gateway:
             record.response_text = state.text
         self._finish(record)
 
+    async def _admission(self, request: Request, op: Operation, record: Record) -> tuple[Principal, dict[str, Any], ModelRoute]:
+        """Auth, body, prompt, permissions and routing rules: who asks for what, served by which model."""
+        policies = self.policies  # read once: a reload mid-request cannot mix two policy sets
+        principal = authenticate(request.headers, policies)
+        record.key_name, record.team, record.policy_version = principal.key_name, principal.team, policies.version
+        record.capture = principal.capture or self.capture
+        body = await read_json(request, self.max_body)
+        if referenced(body):
+            body = self._apply_prompt(body, principal, op, record)
+        record.model = validate(body, op.value)
+        if principal.tools is not None and body.get("tools"):
+            require_tools(body["tools"], principal.tools)
+        record.request_body = body
+        route = self._admit(principal, record.model)
+        if route.rules:
+            route, record.route_rule = pick_model(self.catalog, route, body, request.headers.get("x-gateway-route-tag"))
+        return principal, body, route
+
     async def proxy(self, request: Request, op: Operation) -> Response:
         t0 = time.perf_counter()
         record = self._begin(request, op, t0)
@@ -202,18 +225,7 @@ class Gateway:
         try:
             if self.budget.requests > self.max_in_flight:
                 raise Unavailable("The gateway is at capacity; retry shortly.", code="overloaded", retry_after=1)
-            policies = self.policies
-            principal = authenticate(request.headers, policies)
-            record.key_name, record.team, record.policy_version = principal.key_name, principal.team, policies.version
-            record.capture = principal.capture or self.capture
-            body = await read_json(request, self.max_body)
-            if referenced(body):
-                body = self._apply_prompt(body, principal, op, record)
-            record.model = validate(body, op.value)
-            record.request_body = body
-            route = self._admit(principal, record.model)
-            if route.rules:
-                route, record.route_rule = pick_model(self.catalog, route, body, request.headers.get("x-gateway-route-tag"))
+            principal, body, route = await self._admission(request, op, record)
             if op is Operation.EMBEDDINGS or route.name in self.reuse.cached:  # cache, coalescing, batching
                 reused = await self.reuse.serve(
                     request.headers, principal, op, body, route, record, lambda: self._headers(rid, record), lambda: self._finish(record)
@@ -312,17 +324,34 @@ class Gateway:
         return {"version": p.version, "files": list(p.files), "open_mode": p.open is not None, "last_error": self.policy_error}
 
     async def _reload(self) -> dict[str, Any]:
-        self.reload_policies()
+        await self.reload_policies()
         return await self._policy_status()
 
-    def reload_policies(self) -> None:
-        """Validate the whole policy directory and swap it in at once; on any problem keep the last good set."""
+    async def reload_policies(self) -> None:
+        """Validate the whole policy directory (off the event loop) and swap it in at once.
+
+        A request reads `self.policies` once, so it sees the old set or the new one, never a mix; on
+        any problem the last good set stays, and the error is logged and shown by /admin/policies.
+        """
         try:
-            self.policies = load_policies(self.config)
-            self.policy_error = None
+            policies = await asyncio.to_thread(load_policies, self.config)
         except ConfigError as exc:
             self.policy_error = str(exc)
             log.error("policy reload rejected, keeping version %s:\n%s", self.policies.version, exc)
+            return
+        if policies.version != self.policies.version:
+            log.warning("policies reloaded: version %s -> %s (%s)", self.policies.version, policies.version, ", ".join(policies.files))
+        self.policies, self.policy_error = policies, None
+
+    async def _watch_policies(self) -> None:
+        directory = self.config.path(self.config.file.policies.dir)
+        seen = await asyncio.to_thread(signature, directory)
+        while True:
+            await asyncio.sleep(POLICY_POLL_S)
+            current = await asyncio.to_thread(signature, directory)
+            if current != seen:
+                seen = current
+                await self.reload_policies()
 
 
 async def not_found(request: Request, exc: Exception) -> Response:

@@ -31,6 +31,15 @@ def authenticate(headers: Headers, policies: PolicySet) -> Principal:
     return principal
 
 
+def require_tools(tools: object, allowed: frozenset[str]) -> None:
+    """Every function tool a request offers must be in its team's `tools`."""
+    for tool in tools if isinstance(tools, list) else ():
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type", "function") == "function" else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str) and name not in allowed:
+            raise PermissionDenied(f"This key may not use the tool `{name}`.", param="tools", code="tool_not_allowed")
+
+
 def require_admin(principal: Principal) -> None:
     if not principal.admin:
         raise PermissionDenied("This key may not call the admin API.", code="admin_required")

@@ -13,10 +13,9 @@ from pydantic import ValidationError
 from gateway.config import Config, ConfigError, Problem
 from gateway.config.load import read_toml
 from gateway.config.problems import dotted, from_validation
+from gateway.config.watch import Signature, signature
 from gateway.prompts.registry import FilePrompt, Version, compile_version
 from gateway.prompts.schema import LABEL, PROMPT_ID, PromptFile, PromptSection
-
-Signature = tuple[tuple[str, int, int], ...]  # (name, mtime_ns, size) of every file: what the watcher compares
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,17 +27,6 @@ class FileSet:
 
 def prompt_dir(config: Config) -> Path:
     return config.path(config.file.prompts.dir)
-
-
-def signature(directory: Path) -> Signature:
-    out = []
-    for path in sorted(directory.glob("*.toml")) if directory.is_dir() else []:
-        try:
-            st = path.stat()
-        except OSError:  # removed between glob and stat: the next poll sees the directory as it settles
-            continue
-        out.append((path.name, st.st_mtime_ns, st.st_size))
-    return tuple(out)
 
 
 def load_files(config: Config) -> FileSet:

@@ -17,8 +17,9 @@ import re
 from typing import Any
 
 from gateway.config import Config, ConfigError
+from gateway.config.watch import signature
 from gateway.errors import BadRequest
-from gateway.prompts.files import FileSet, load_files, prompt_dir, signature
+from gateway.prompts.files import FileSet, load_files, prompt_dir
 from gateway.prompts.registry import RUNTIME, Registry, Version, build, canonical, compile_version
 from gateway.prompts.schema import LABEL, PROMPT_ID, VersionSpec
 from gateway.prompts.store import POLL_S, StoreState, open_store
