@@ -12,11 +12,15 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 RUN pip install . \
  && useradd --system --uid 10001 --home-dir /var/lib/gateway --create-home gateway \
- && mkdir -p /etc/gateway/policies
+ && mkdir -p /etc/gateway/policies /etc/gateway/.gateway \
+ && chown gateway /etc/gateway/.gateway
 
 # The example config serves the offline mock model. Mount your own config and policies over
 # /etc/gateway; with no policy files the gateway runs in open mode (logged loudly at startup).
 COPY config.example.toml /etc/gateway/config.toml
+# Its trace store and prompt state live in /etc/gateway/.gateway (relative to the config file):
+# mount a volume there to keep them across containers.
+VOLUME /etc/gateway/.gateway
 
 USER gateway
 WORKDIR /var/lib/gateway
