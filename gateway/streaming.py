@@ -1,4 +1,4 @@
-"""An ASGI response for SSE that watches for the client leaving and keeps idle streams alive.
+"""Our own ASGI responses: SSE with disconnect watching and keep-alives, and JSON with headers encoded once.
 
 Starlette's StreamingResponse runs the body and a disconnect listener in an anyio task group: three
 tasks and a cancel scope per stream, a measurable share of a relayed stream's cost. Here the body is
@@ -72,3 +72,15 @@ class SSEResponse(Response):
             if watcher is not None:
                 watcher.cancel()
             await self._body.aclose()
+
+
+class JSONAnswer(Response):
+    """A JSON reply with its headers encoded in one pass (Starlette's Response.__init__ normalises
+    and re-encodes them, a measurable share of a cache hit)."""
+
+    def __init__(self, content: bytes, headers: dict[str, str]) -> None:
+        self.status_code = 200
+        self.body = content
+        self.background = None
+        raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
+        self.raw_headers = raw + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
