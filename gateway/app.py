@@ -170,9 +170,8 @@ class Gateway:
             "x-request-id": rid,
             "x-gateway-target": record.target or "",
             "x-gateway-cache": "bypass",
-            "x-gateway-overhead-ms": f"{record.overhead_ms(time.perf_counter()):.2f}",
+            "x-gateway-overhead-ms": f"{record.mark_overhead(time.perf_counter()):.2f}",
         }
-        record.overhead_s = float(headers["x-gateway-overhead-ms"]) / 1000  # the metric observes the same figure
         if record.prompt_id is not None:
             headers["x-gateway-prompt"] = f"{record.prompt_id}@{record.prompt_version}"
         return headers

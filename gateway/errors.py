@@ -9,7 +9,7 @@
     ├── PayloadTooLarge                413     invalid_request_error
     ├── RateLimited                    429     rate_limit_error      (carries Retry-After)
     ├── UpstreamError                  502     upstream_error        (failed, refused, garbage)
-    │   └── UpstreamStatusError        4xx/429 passed through with the provider's own message
+    │   └── UpstreamStatusError        4xx     invalid_request_error (the provider's own message)
     ├── Unavailable                    503     service_unavailable   (carries Retry-After)
     └── UpstreamTimeout                504     timeout_error
 
@@ -109,7 +109,9 @@ class UpstreamError(GatewayError):
 
 
 class UpstreamStatusError(UpstreamError):
-    """A provider's own client-side error (400, 404, 422, 429...) relayed with its status."""
+    """A provider's own client-side error (400, 404, 409, 413, 422) relayed with its status."""
+
+    type = "invalid_request_error"
 
 
 class Unavailable(GatewayError):

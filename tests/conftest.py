@@ -195,7 +195,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
 
     yield make
     for gw in started:
-        gw.stop(signal.SIGKILL if gw.process.poll() is None and False else signal.SIGTERM, timeout=10)
+        gw.stop(timeout=10)
 
 
 @pytest.fixture(scope="module")

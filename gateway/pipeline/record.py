@@ -63,8 +63,11 @@ class Record:
     response_body: dict[str, Any] | None = None  # "full" only: the complete answer, in OpenAI's format
     response_text: list[str] | None = None  # "full" only, streams: the relayed text
 
-    def overhead_ms(self, now: float) -> float:
-        return max(0.0, (now - self.t0 - self.upstream_s) * 1000)
+    def mark_overhead(self, now: float) -> float:
+        """The gateway's own time so far (total minus upstream) in ms, to 0.01: header and metric share it."""
+        ms = round(max(0.0, (now - self.t0 - self.upstream_s) * 1000), 2)
+        self.overhead_s = ms / 1000
+        return ms
 
     def close(self) -> None:
         self.duration_s = time.perf_counter() - self.t0

@@ -38,7 +38,6 @@ def provider_error(provider: str, status: int, message: str | None, retry_after:
         error = RateLimited(text, code="upstream_rate_limited", retry_after=retry_after_seconds(retry_after))
     elif status in PASS_THROUGH:
         error = UpstreamStatusError(text, status=status, code="upstream_invalid_request")
-        error.type = "invalid_request_error"
     elif status in (401, 403):
         error = UpstreamError(f"provider {provider!r} rejected the gateway's credentials", code="upstream_auth")
     elif status in (408, 504):
