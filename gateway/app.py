@@ -29,10 +29,12 @@ from gateway.config import Config, ConfigError
 from gateway.config.policies import PolicySet, Principal, load_policies
 from gateway.config.watch import signature
 from gateway.errors import BadRequest, GatewayError, NotFound, PermissionDenied, Unavailable
+from gateway.limits.store import open_limits
 from gateway.metrics import Metrics
 from gateway.pipeline import dispatch
 from gateway.pipeline.auth import authenticate, require_admin, require_tools
 from gateway.pipeline.body import read_json, validate
+from gateway.pipeline.limit import Limiter
 from gateway.pipeline.record import Record
 from gateway.pipeline.reuse import Reuse
 from gateway.pipeline.route import Attempts, pick_model
@@ -81,6 +83,10 @@ class Gateway:
         self.policies: PolicySet = load_policies(config)
         self.policy_error: str | None = None
         self.metrics = Metrics(frozenset(self.catalog.models))
+        state = config.file.state
+        up = self.metrics.limits_backend_up
+        limits = open_limits(state.limits, state.limits_timeout_ms / 1000, lambda ok: up.set(1 if ok else 0))
+        self.limiter = Limiter(limits, self.metrics, state.rate_limits_on_outage == "open", state.budgets_on_outage == "open")
         self.max_body = config.file.server.max_body_bytes
         self.draining = False
         self.max_in_flight = config.file.server.max_in_flight
@@ -111,6 +117,8 @@ class Gateway:
         gc.set_threshold(20_000, 20, 20)
         self._gauges = asyncio.get_running_loop().create_task(self._refresh_gauges())
         self._policy_watch = asyncio.get_running_loop().create_task(self._watch_policies())
+        if not self.limiter.store.shared and self.config.file.server.workers > 1:
+            log.warning("limits are counted per worker process ([state] limits = memory): use redis:// to share them")
         if self.policies.open is not None:
             log.warning(
                 "OPEN MODE: no policy files in %s; every request is admitted without a key", self.config.path(self.config.file.policies.dir)
@@ -123,6 +131,7 @@ class Gateway:
         await self.prompts.stop()
         await self.pool.close()
         await self.reuse.close()
+        await self.limiter.store.close()
         await self._close_traces()
 
     async def _open_traces(self) -> None:
@@ -179,6 +188,9 @@ class Gateway:
     def _finish(self, record: Record) -> None:
         self.budget.requests -= 1
         record.close()
+        if record.lease is not None:
+            self.limiter.settle(record.lease, record)
+            record.lease = None
         self.metrics.observe(record)
         if self.traces is not None:
             self.traces.put(record)
@@ -229,6 +241,8 @@ class Gateway:
             if self.budget.requests > self.max_in_flight:
                 raise Unavailable("The gateway is at capacity; retry shortly.", code="overloaded", retry_after=1)
             principal, body, route = await self._admission(request, op, record)
+            if principal.quota is not None:
+                record.lease = await self.limiter.admit(principal, op, body, route, self.catalog)
             if op is Operation.EMBEDDINGS or route.name in self.reuse.cached:  # cache, coalescing, batching
                 reused = await self.reuse.serve(
                     request.headers, principal, op, body, route, record, lambda: self._headers(rid, record), lambda: self._finish(record)

@@ -21,6 +21,8 @@ a credential-bearing URL or a stack trace.
 
 from __future__ import annotations
 
+import math
+
 import orjson
 
 
@@ -62,7 +64,7 @@ class GatewayError(Exception):
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
-        return {"retry-after": str(max(1, round(self.retry_after)))}
+        return {"retry-after": str(max(1, math.ceil(self.retry_after)))}  # never earlier than it could pass
 
 
 class BadRequest(GatewayError):

@@ -81,6 +81,19 @@ class Metrics:
         )
         for reason in RATE_LIMIT_REASONS:
             self.rate_limited.labels(reason)
+        self.limits_unchecked = Counter(
+            "gateway_limits_unchecked_total",
+            "Requests that met a failing limits backend, by outcome (admitted unchecked or rejected)",
+            ["outcome"],
+            registry=reg,
+        )
+        for outcome in ("admitted", "rejected"):
+            self.limits_unchecked.labels(outcome)
+        self.limits_backend_up = Gauge(
+            "gateway_limits_backend_up", "1 while the limits backend answers, 0 while its breaker is open", registry=reg,
+            multiprocess_mode="min",
+        )  # fmt: skip
+        self.limits_backend_up.set(1)
         self.trace_totals: TraceTotals | None = None  # set once the trace sink is open
         self.registry.register(_TraceCollector(self))
 

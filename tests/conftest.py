@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -209,3 +210,59 @@ def module_gateway(tmp_path_factory: pytest.TempPathFactory, upstream: FakeOpenA
 @pytest.fixture
 def gateway(module_gateway: GatewayProcess, fake: FakeOpenAI) -> GatewayProcess:
     return module_gateway
+
+
+def need_redis(port: int = 6379) -> None:
+    """Skip without Redis, except under CI=true, where a skipped Redis test would hide a failure."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is not reachable on 127.0.0.1:{port} (required under CI)")
+        pytest.skip(f"Redis is not reachable on 127.0.0.1:{port}")
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of a test's own, on a free port, that the test may kill, pause and restart."""
+
+    binary: str
+    directory: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        if self.process is not None:
+            self.process.wait()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (required under CI)")
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    yield server
+    server.kill()

@@ -11,9 +11,10 @@ import openai
 import orjson
 import pytest
 
+from gateway.breaker import Breaker
 from gateway.cache import entry
 from gateway.cache.key import cache_key, deterministic, scope
-from gateway.cache.store import Breaker, MemoryStore, open_store
+from gateway.cache.store import MemoryStore, open_store
 from gateway.providers.base import Operation, Usage
 from tests.cache_support import POLICY, async_client, client, config
 from tests.conftest import KEYS, GatewayFactory, GatewayProcess

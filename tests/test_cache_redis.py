@@ -8,33 +8,19 @@ these tests skip, except under CI=true, where they fail.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from gateway.cache.store import CacheUnavailable, MemoryStore, RedisStore, Store, open_store
 from tests.cache_support import POLICY, client, config
-from tests.conftest import GatewayFactory, free_port
+from tests.conftest import GatewayFactory, RedisServer, free_port, need_redis
 from tests.fakes.openai_upstream import FakeOpenAI
 
 SHARED = "redis://127.0.0.1:6379/14"
-
-
-def need_redis(port: int = 6379) -> None:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis is not reachable on 127.0.0.1:{port} (required under CI)")
-        pytest.skip(f"Redis is not reachable on 127.0.0.1:{port}")
 
 
 def prefix() -> str:
@@ -106,40 +92,8 @@ def test_replicas_share_the_redis_cache(gateway_factory: GatewayFactory, fake: F
     assert len(fake.requests) == 1
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed (required under CI)")
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.05)
-    yield port, process
-    if process.poll() is None:
-        process.kill()
-    process.wait()
-
-
-def test_requests_still_succeed_when_redis_stops_mid_run(
-    gateway_factory: GatewayFactory, fake: FakeOpenAI, own_redis: tuple[int, subprocess.Popen[bytes]]
-) -> None:
-    port, redis_process = own_redis
-    gw = gateway_factory(config(fake.base_url, state_cache=f"redis://127.0.0.1:{port}/0"), {"p.toml": POLICY})
+def test_requests_still_succeed_when_redis_stops_mid_run(gateway_factory: GatewayFactory, fake: FakeOpenAI, own_redis: RedisServer) -> None:
+    gw = gateway_factory(config(fake.base_url, state_cache=f"redis://127.0.0.1:{own_redis.port}/0"), {"p.toml": POLICY})
     messages = [{"role": "user", "content": "outage " + uuid.uuid4().hex}]
 
     def ask() -> str:
@@ -148,8 +102,7 @@ def test_requests_still_succeed_when_redis_stops_mid_run(
         return raw.headers["x-gateway-cache"]
 
     assert [ask(), ask()] == ["miss", "hit"]
-    redis_process.kill()
-    redis_process.wait()
+    own_redis.kill()
     started = time.monotonic()
     results = [ask() for _ in range(20)]
     assert set(results) == {"bypass"}

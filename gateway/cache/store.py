@@ -22,7 +22,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
+
+from gateway.breaker import Breaker
+from gateway.redisurl import split_prefix
 
 log = logging.getLogger("gateway.cache")
 
@@ -91,47 +94,13 @@ class MemoryStore:
         self.bytes = 0
 
 
-class Breaker:
-    """Closed until `threshold` failures in a row; then open (calls skipped) for `cooldown_s`; then
-    one call is let through as a probe: success closes it, failure opens it again."""
-
-    def __init__(self, threshold: int = 3, cooldown_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._threshold = threshold
-        self._cooldown_s = cooldown_s
-        self._clock = clock
-        self._failures = 0
-        self._open_until = 0.0
-
-    def allow(self) -> bool:
-        if self._failures < self._threshold:
-            return True
-        now = self._clock()
-        if now < self._open_until:
-            return False
-        self._open_until = now + self._cooldown_s  # this call is the probe; others wait for its outcome
-        return True
-
-    def success(self) -> None:
-        if self._failures >= self._threshold:
-            log.warning("cache backend is answering again")
-        self._failures = 0
-
-    def failure(self, exc: BaseException) -> None:
-        self._failures += 1
-        if self._failures == self._threshold:
-            log.warning("cache backend failing (%s); bypassing it for %.0f s at a time", type(exc).__name__, self._cooldown_s)
-            self._open_until = self._clock() + self._cooldown_s
-        elif self._failures < self._threshold:
-            log.warning("cache backend call failed (%s); request bypasses the cache", type(exc).__name__)
-
-
 class RedisStore:
     def __init__(self, url: str, prefix: str = "gwc:", timeout_s: float = 0.1, breaker: Breaker | None = None) -> None:
         import redis.asyncio as redis
 
         self._redis = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0)
         self._prefix = prefix
-        self.breaker = breaker or Breaker()
+        self.breaker = breaker or Breaker("cache backend")
 
     async def get(self, key: str) -> bytes | None:
         if not self.breaker.allow():
@@ -166,11 +135,8 @@ def _memory(url: str) -> Store:
 
 
 def _redis(url: str) -> Store:
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    prefix = query.pop("prefix", ["gwc:"])[0]
-    rest = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
-    return RedisStore(rest, prefix)
+    rest, prefix = split_prefix(url)
+    return RedisStore(rest, prefix or "gwc:")
 
 
 BACKENDS: dict[str, Callable[[str], Store]] = {

@@ -19,6 +19,8 @@ from pydantic import Field, ValidationError
 from gateway.config.load import Config, read_toml
 from gateway.config.problems import ConfigError, Problem, dotted, from_validation
 from gateway.config.schema import Strict
+from gateway.limits.quota import Limit, Quota
+from gateway.limits.rules import NANO
 
 
 class Limits(Strict):
@@ -63,6 +65,7 @@ class Principal:
     tools: frozenset[str] | None
     cache: bool = True  # the team's response-cache opt-out
     capture: str | None = None  # the team's capture_content override, if any
+    quota: Quota | None = None  # None: no limit applies
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,28 @@ def _compile(parsed: list[tuple[str, PolicyFile]], models: list[str], problems: 
     return keys
 
 
+def _quota(limits: Limits, overrides: set[str], team: str, key: str) -> Quota | None:
+    """Team limits count on the team's counters (shared by its keys); a limit a key sets in its
+    own table replaces the team's for that key and counts on the key's own counter."""
+
+    def limit(name: str, counter: str, scale: float = 1) -> Limit | None:
+        value = getattr(limits, name)
+        if value is None:
+            return None
+        scope, owner = (f"key:{key}", f"key {key!r}") if name in overrides else (f"team:{team}", f"team {team!r}")
+        return Limit(name, round(value * scale), f"{counter}:{scope}", owner)
+
+    quota = Quota(
+        rpm=limit("rpm", "rpm"),
+        tpm=limit("tpm", "tpm"),
+        concurrent=limit("max_concurrent", "conc"),
+        day=limit("budget_usd_per_day", "usd", NANO),
+        month=limit("budget_usd_per_month", "usd", NANO),
+        max_tokens=limits.max_tokens,
+    )
+    return None if quota == Quota() else quota
+
+
 def _principal(key: KeySection, team: TeamSection, models: list[str]) -> Principal:
     overrides = {k: v for k, v in key.model_dump(include=set(Limits.model_fields)).items() if v is not None}
     limits = Limits.model_validate(team.model_dump(include=set(Limits.model_fields)) | overrides)
@@ -139,4 +164,5 @@ def _principal(key: KeySection, team: TeamSection, models: list[str]) -> Princip
         tools=frozenset(team.tools) if team.tools is not None else None,
         cache=team.cache,
         capture=team.capture_content,
+        quota=_quota(limits, set(overrides), key.team, key.name),
     )

@@ -32,7 +32,10 @@ class ServerSection(Strict):
 
 class StateSection(Strict):
     cache: str = Field("memory", pattern=r"^(memory|off)(\?.*)?$|^memory://|^rediss?://")  # see gateway/cache/store.py
-    limits: str = "memory"
+    limits: str = Field("memory", pattern=r"^memory$|^rediss?://")  # see gateway/limits/store.py
+    limits_timeout_ms: int = Field(100, ge=1)  # per Redis call, behind a circuit breaker
+    rate_limits_on_outage: Literal["open", "closed"] = "open"  # limits backend down: admit unchecked, or 503
+    budgets_on_outage: Literal["open", "closed"] = "closed"
     traces: str = Field("sqlite:///.gateway/traces.db", pattern=r"^sqlite:///.+")  # see gateway/traces/store.py
     trace_queue_size: int = Field(20_000, ge=1)  # records waiting for the store (and spans for OTLP) before the oldest drop
     trace_retention_days: float = Field(30.0, gt=0)

@@ -27,6 +27,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from gateway.config import Config
+from gateway.redisurl import split_prefix
 
 POLL_S = 0.5
 T = TypeVar("T")
@@ -73,7 +74,8 @@ class PromptStore(Protocol):
 def open_store(config: Config) -> PromptStore:
     state = config.file.state
     if state.limits.startswith(("redis://", "rediss://")):
-        return RedisStore(state.limits, os.environ.get(REDIS_PREFIX_ENV, "gateway:prompts:"))
+        url, prefix = split_prefix(state.limits)
+        return RedisStore(url, os.environ.get(REDIS_PREFIX_ENV) or (f"{prefix}prompts:" if prefix else "gateway:prompts:"))
     return SQLiteStore(sqlite_path(config))
 
 

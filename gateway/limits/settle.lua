@@ -1,0 +1,35 @@
+-- Settle finished requests (one call may carry many): give back or charge the difference on tpm
+-- buckets, release concurrency leases, and turn budget reservations into spend.
+-- ARGV: groups of six: kind, key, a, b, c, lease (see rules.Settlement).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+for i = 1, #ARGV, 6 do
+  local kind, key = ARGV[i], ARGV[i + 1]
+  if kind == 'rate' then
+    local limit, per, delta = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+    if limit > 0 and delta ~= 0 then
+      local tat = tonumber(redis.call('GET', key) or '0')
+      local new
+      if delta > 0 then
+        new = math.max(tat, now) + delta * per / limit
+      else
+        new = math.max(now, tat + delta * per / limit)
+      end
+      if new > now then
+        redis.call('SET', key, string.format('%.3f', new), 'PX', math.max(1, math.ceil(new - now)))
+      else
+        redis.call('DEL', key)
+      end
+    end
+  elseif kind == 'conc' then
+    redis.call('ZREM', key, ARGV[i + 5])
+  else
+    if redis.call('EXISTS', key) == 1 then
+      local held, actual = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+      local r = tonumber(redis.call('HGET', key, 'r') or '0')
+      redis.call('HSET', key, 'r', math.max(0, r - held))
+      redis.call('HINCRBY', key, 's', actual)
+    end
+  end
+end
+return 1

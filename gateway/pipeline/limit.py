@@ -1,0 +1,185 @@
+"""Admission against a principal's limits, and settling what a request reserved once it is over.
+
+One call to the limits store per request admits it against every limit at once (rpm, tpm,
+max_concurrent, budgets); see `gateway/limits/rules.py` for the arithmetic. What a request may
+cost is reserved up front: tpm reserves its prompt tokens (counted with tiktoken), a budget its
+worst-case cost (those prompt tokens plus its max output tokens, at the highest price among the
+deployments that could serve it, fallbacks included). `settle` charges the real figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import tokens
+from gateway.catalog import Catalog, ModelRoute
+from gateway.config.policies import Principal
+from gateway.errors import BadRequest, RateLimited, Unavailable
+from gateway.limits.quota import Limit, Quota
+from gateway.limits.rules import MINUTE_MS, Check, Settlement, nano_usd
+from gateway.limits.store import LimitStore, LimitsUnavailable
+from gateway.metrics import Metrics
+from gateway.pipeline.record import Record
+from gateway.pipeline.usage import prompt_tokens
+from gateway.providers.base import Operation
+from gateway.providers.shapes import token_cap
+
+log = logging.getLogger("gateway.limits")
+
+DEFAULT_OUTPUT_RESERVE = 4096  # output tokens reserved against budgets when neither request nor team caps them
+LEASE_GRACE_MS = 60_000  # a concurrency lease outlives the request's deadline by this much (then lapses)
+
+
+@dataclass(slots=True)
+class Lease:
+    """What an admitted request holds, to be settled when it is over."""
+
+    tpm: Limit | None = None
+    tokens_reserved: int = 0
+    concurrent: Limit | None = None
+    lease: str = ""
+    budgets: list[tuple[str, int]] = field(default_factory=list)  # (counter:period, nano-USD reserved)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    reason: str  # the metric label
+    code: str
+    limit: Limit
+
+
+class Limiter:
+    def __init__(self, store: LimitStore, metrics: Metrics, rate_limits_fail_open: bool, budgets_fail_open: bool) -> None:
+        self.store = store
+        self._metrics = metrics
+        self._rate_open = rate_limits_fail_open
+        self._budget_open = budgets_fail_open
+        self._warm: set[str] = set()  # models whose tiktoken encoding is loaded
+        self._unpriced_said: set[str] = set()
+
+    async def admit(self, principal: Principal, op: Operation, body: dict[str, Any], route: ModelRoute, catalog: Catalog) -> Lease | None:
+        quota = principal.quota
+        if quota is None:
+            return None
+        output = _output_tokens(quota, op, body)
+        checks: list[Check] = []
+        rules: list[_Rule] = []
+        lease = Lease()
+        if quota.rpm is not None:
+            checks.append(Check("rate", quota.rpm.counter, quota.rpm.value, 1, MINUTE_MS))
+            rules.append(_Rule("rpm", "rpm_exceeded", quota.rpm))
+        prompt = await self._count(op, body, route) if quota.counts_tokens else 0
+        if quota.tpm is not None:
+            checks.append(Check("rate", quota.tpm.counter, quota.tpm.value, prompt, MINUTE_MS))
+            rules.append(_Rule("tpm", "tpm_exceeded", quota.tpm))
+            lease.tpm, lease.tokens_reserved = quota.tpm, prompt
+        if quota.concurrent is not None:
+            lease.lease = f"{random.getrandbits(64):016x}"
+            lifetime = math.ceil(route.deadline_s * 1000) + LEASE_GRACE_MS
+            checks.append(Check("conc", quota.concurrent.counter, quota.concurrent.value, 0, lifetime))
+            rules.append(_Rule("concurrency", "concurrency_exceeded", quota.concurrent))
+            lease.concurrent = quota.concurrent
+        worst = 0
+        if quota.day is not None or quota.month is not None:
+            worst = nano_usd(self._worst_cost(route, catalog, prompt, output))
+            for budget, kind in ((quota.day, "day"), (quota.month, "month")):
+                if budget is not None:
+                    checks.append(Check(kind, budget.counter, budget.value, worst, 0))  # type: ignore[arg-type]
+                    rules.append(_Rule("budget", "budget_exceeded", budget))
+        try:
+            verdict = await self.store.admit(checks, lease.lease)
+        except LimitsUnavailable:
+            self._outage(rules)  # raises, unless this outage admits the request unchecked
+            return None
+        if not verdict.admitted:
+            rule = rules[verdict.failed]
+            self._metrics.rate_limited.labels(rule.reason).inc()
+            raise RateLimited(_message(rule, verdict.retry_ms, prompt, worst), code=rule.code, retry_after=verdict.retry_ms / 1000)
+        lease.budgets = [(key, worst) for key in verdict.periods]
+        return lease
+
+    def settle(self, lease: Lease, record: Record) -> None:
+        settlements: list[Settlement] = []
+        if lease.tpm is not None:
+            used = record.usage.prompt_tokens + record.usage.completion_tokens if record.usage is not None else 0
+            settlements.append(Settlement("rate", lease.tpm.counter, lease.tpm.value, MINUTE_MS, used - lease.tokens_reserved))
+        if lease.concurrent is not None:
+            settlements.append(Settlement("conc", lease.concurrent.counter, 0, 0, 0, lease.lease))
+        if lease.budgets:
+            spent = nano_usd(record.cost_usd or 0.0)
+            settlements.extend(Settlement("budget", key, held, spent, 0) for key, held in lease.budgets)
+        if settlements:
+            self.store.settle(settlements)
+
+    def _outage(self, rules: list[_Rule]) -> None:
+        budgets = any(r.reason == "budget" for r in rules)
+        rates = any(r.reason != "budget" for r in rules)
+        if (budgets and not self._budget_open) or (rates and not self._rate_open):
+            self._metrics.limits_unchecked.labels("rejected").inc()
+            raise Unavailable(
+                "Limits cannot be checked right now (the limits backend is unavailable); retry shortly.",
+                code="limits_unavailable",
+                retry_after=1,
+            )
+        self._metrics.limits_unchecked.labels("admitted").inc()
+
+    async def _count(self, op: Operation, body: dict[str, Any], route: ModelRoute) -> int:
+        model = route.deployments[0].model
+        if model not in self._warm:  # loading an encoding takes ~0.5 s the first time: off the event loop
+            await asyncio.to_thread(tokens.encoding, model)
+            self._warm.add(model)
+        return prompt_tokens(op, body, model)
+
+    def _worst_cost(self, route: ModelRoute, catalog: Catalog, prompt: int, output: int) -> float:
+        routes = [route, *(catalog.models[name] for name in route.fallbacks if name in catalog.models)]
+        worst = 0.0
+        for deployment in (d for r in routes for d in r.deployments):
+            price = deployment.price
+            if price is None:
+                continue
+            input_rate = max(price.input_per_million, price.cache_write_per_million or 0.0)
+            worst = max(worst, (prompt * input_rate + output * price.output_per_million) / 1_000_000)
+        if worst == 0.0 and route.name not in self._unpriced_said:
+            self._unpriced_said.add(route.name)
+            log.warning("model %s has no price: its requests count as $0 against budgets", route.name)
+        return worst
+
+
+def _output_tokens(quota: Quota, op: Operation, body: dict[str, Any]) -> int:
+    """The most output tokens this request may produce; enforces and fills in the team's cap."""
+    if op is Operation.EMBEDDINGS:
+        return 0
+    requested = token_cap(body)
+    cap = quota.max_tokens
+    if cap is not None:
+        if requested is not None and requested > cap:
+            param = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+            raise BadRequest(f"{param} {requested} is over this key's cap of {cap} (max_tokens).", param=param, code="max_tokens_exceeded")
+        if requested is None:
+            body["max_tokens"] = cap  # the cap is real: the upstream is told it too
+            return cap
+    return requested if requested is not None else DEFAULT_OUTPUT_RESERVE
+
+
+def _message(rule: _Rule, retry_ms: float, prompt: int, worst_nano: int) -> str:
+    limit = rule.limit
+    wait = f"Retry after {max(1, math.ceil(retry_ms / 1000))} s."
+    if rule.reason == "rpm":
+        return f"Rate limit reached: {limit.owner} allows {limit.value} requests per minute (rpm). {wait}"
+    if rule.reason == "tpm":
+        return (
+            f"Token rate limit reached: {limit.owner} allows {limit.value} tokens per minute (tpm); "
+            f"this request counts {prompt} prompt tokens. {wait}"
+        )
+    if rule.reason == "concurrency":
+        return f"Concurrency limit reached: {limit.owner} allows {limit.value} requests at once (max_concurrent). {wait}"
+    period = "day" if limit.name.endswith("day") else "month"
+    return (
+        f"Budget exhausted: {limit.owner} may spend ${limit.value / 1e9:.2f} per {period} ({limit.name}); this request could cost "
+        f"up to ${worst_nano / 1e9:.6f}. {wait}"
+    )
