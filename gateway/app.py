@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
+import os
 import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,7 +29,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.cache.store import open_store
 from gateway.catalog import Catalog, ModelRoute, build_catalog
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, load
+from gateway.config.load import BUILTIN
 from gateway.config.policies import PolicySet, Principal, load_policies
 from gateway.config.watch import signature
 from gateway.errors import BadRequest, GatewayError, NotFound, PermissionDenied, Unavailable
@@ -55,7 +60,8 @@ log = logging.getLogger("gateway")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 JSON = "application/json"
-POLICY_POLL_S = 1.0  # edits to policies/ take effect within about this long
+POLL_S = 1.0  # edits to the config file and policies/ take effect within about this long
+RESTART_SECTIONS = ("server", "state", "telemetry", "prompts")  # read once, at start
 
 
 def request_id(request: Request) -> str:
@@ -67,9 +73,21 @@ def error_response(exc: GatewayError, rid: str) -> Response:
     return Response(exc.json(), exc.status, headers={"x-request-id": rid, **exc.headers()}, media_type=JSON)
 
 
+@dataclass(frozen=True, slots=True)
+class Live:
+    """Everything a reload replaces, swapped in as one object: a request reads `Gateway.live` once,
+    so it runs wholly on the old config and policies or wholly on the new ones, never a mix."""
+
+    config: Config
+    catalog: Catalog
+    policies: PolicySet
+    attempts: Attempts
+    reuse: Reuse
+
+
 class Gateway:
     def __init__(self, config: Config, trace_writer: str | None = None) -> None:
-        self.config = config
+        self.config = config  # as started: [server], [state] and [telemetry] take effect at a restart
         self.trace_settings = settings_from(config)
         self.capture = config.file.telemetry.capture_content
         self.trace_admin = TraceAdmin(self.trace_settings.db_path)
@@ -79,10 +97,10 @@ class Gateway:
         self._trace_writer = trace_writer  # the supervisor's writer, with --workers N; else this process starts one
         self._writer: WriterProcess | None = None
         self.pool = Pool(config.file.server.upstream_max_connections)
-        self.catalog: Catalog = build_catalog(config, self.pool)
-        self.policies: PolicySet = load_policies(config)
-        self.policy_error: str | None = None
-        self.metrics = Metrics(frozenset(self.catalog.models))
+        catalog = build_catalog(config, self.pool)
+        policies = load_policies(config)
+        self.reload_error: str | None = None
+        self.metrics = Metrics(frozenset(catalog.models))
         state = config.file.state
         up = self.metrics.limits_backend_up
         limits = open_limits(state.limits, state.limits_timeout_ms / 1000, lambda ok: up.set(1 if ok else 0))
@@ -92,10 +110,19 @@ class Gateway:
         self.max_in_flight = config.file.server.max_in_flight
         self.keepalive_s = config.file.server.sse_keepalive_s
         self.budget = RetryBudget()
-        self.attempts = Attempts(self.catalog, self.budget)
+        attempts = Attempts(catalog, self.budget)
+        self.cache_store = open_store(config.file.state.cache)
+        self.live = Live(config, catalog, policies, attempts, Reuse(config, self.cache_store, self.metrics, attempts))
         self.prompts = PromptService(config)
-        self.prompt_admin = PromptAdmin(self.prompts, lambda: self.policies, self.max_body)
-        self.reuse = Reuse(config, open_store(config.file.state.cache), self.metrics, self.attempts)
+        self.prompt_admin = PromptAdmin(self.prompts, lambda: self.live.policies, self.max_body)
+
+    @property
+    def policies(self) -> PolicySet:
+        return self.live.policies
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.live.catalog
 
     # lifecycle -------------------------------------------------------------------------------
     async def _refresh_gauges(self) -> None:
@@ -116,7 +143,7 @@ class Gateway:
         # re-scanned by older generations
         gc.set_threshold(20_000, 20, 20)
         self._gauges = asyncio.get_running_loop().create_task(self._refresh_gauges())
-        self._policy_watch = asyncio.get_running_loop().create_task(self._watch_policies())
+        self._policy_watch = asyncio.get_running_loop().create_task(self._watch())
         if not self.limiter.store.shared and self.config.file.server.workers > 1:
             log.warning("limits are counted per worker process ([state] limits = memory): use redis:// to share them")
         if self.policies.open is not None:
@@ -130,7 +157,7 @@ class Gateway:
                 task.cancel()
         await self.prompts.stop()
         await self.pool.close()
-        await self.reuse.close()
+        await self.cache_store.close()
         await self.limiter.store.close()
         await self._close_traces()
 
@@ -155,8 +182,8 @@ class Gateway:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.stop, self.trace_settings.drain_timeout_s)
 
     # stages ----------------------------------------------------------------------------------
-    def _admit(self, principal: Principal, model: str) -> ModelRoute:
-        route = self.catalog.models.get(model)
+    def _admit(self, principal: Principal, model: str, catalog: Catalog) -> ModelRoute:
+        route = catalog.models.get(model)
         if route is None:
             raise NotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model", code="model_not_found")
         if model not in principal.models:
@@ -213,9 +240,9 @@ class Gateway:
             record.response_text = state.text
         self._finish(record)
 
-    async def _admission(self, request: Request, op: Operation, record: Record) -> tuple[Principal, dict[str, Any], ModelRoute]:
+    async def _admission(self, request: Request, op: Operation, record: Record, live: Live) -> tuple[Principal, dict[str, Any], ModelRoute]:
         """Auth, body, prompt, permissions and routing rules: who asks for what, served by which model."""
-        policies = self.policies  # read once: a reload mid-request cannot mix two policy sets
+        policies = live.policies
         principal = authenticate(request.headers, policies)
         record.key_name, record.team, record.policy_version = principal.key_name, principal.team, policies.version
         record.capture = principal.capture or self.capture
@@ -226,13 +253,14 @@ class Gateway:
         if principal.tools is not None and body.get("tools"):
             require_tools(body["tools"], principal.tools)
         record.request_body = body
-        route = self._admit(principal, record.model)
+        route = self._admit(principal, record.model, live.catalog)
         if route.rules:
-            route, record.route_rule = pick_model(self.catalog, route, body, request.headers.get("x-gateway-route-tag"))
+            route, record.route_rule = pick_model(live.catalog, route, body, request.headers.get("x-gateway-route-tag"))
         return principal, body, route
 
     async def proxy(self, request: Request, op: Operation) -> Response:
         t0 = time.perf_counter()
+        live = self.live  # read once: a reload mid-request cannot mix two configs or policy sets
         record = self._begin(request, op, t0)
         rid = record.request_id
         streaming = False
@@ -240,11 +268,11 @@ class Gateway:
         try:
             if self.budget.requests > self.max_in_flight:
                 raise Unavailable("The gateway is at capacity; retry shortly.", code="overloaded", retry_after=1)
-            principal, body, route = await self._admission(request, op, record)
+            principal, body, route = await self._admission(request, op, record, live)
             if principal.quota is not None:
-                record.lease = await self.limiter.admit(principal, op, body, route, self.catalog)
-            if op is Operation.EMBEDDINGS or route.name in self.reuse.cached:  # cache, coalescing, batching
-                reused = await self.reuse.serve(
+                record.lease = await self.limiter.admit(principal, op, body, route, live.catalog)
+            if op is Operation.EMBEDDINGS or route.name in live.reuse.cached:  # cache, coalescing, batching
+                reused = await live.reuse.serve(
                     request.headers, principal, op, body, route, record, lambda: self._headers(rid, record), lambda: self._finish(record)
                 )
                 if reused is not None:
@@ -254,14 +282,14 @@ class Gateway:
                 if op is Operation.EMBEDDINGS:
                     raise BadRequest("Embeddings cannot be streamed.", param="stream")
                 record.stream = True
-                deployment, stream = await self.attempts.serve(op, body, route, record, streaming=True)
+                deployment, stream = await live.attempts.serve(op, body, route, record, streaming=True)
                 stream.deadline = t0 + route.deadline_s
                 record.ttft_s = time.perf_counter() - t0
                 closing = dispatch.closing_usage(op, body, deployment, record)
                 headers = self._headers(rid, record)
                 streaming = True
                 return SSEResponse(stream.relay(closing, lambda: self._stream_done(record, stream.state)), headers, self.keepalive_s)
-            deployment, (content, reply) = await self.attempts.serve(op, body, route, record, streaming=False)
+            deployment, (content, reply) = await live.attempts.serve(op, body, route, record, streaming=False)
             self._answered(record, reply)
             headers = self._headers(rid, record)
             if reply.usage is not None and reply.usage.estimated:
@@ -291,13 +319,14 @@ class Gateway:
 
     async def models(self, request: Request) -> Response:
         rid = request_id(request)
+        live = self.live
         try:
-            principal = authenticate(request.headers, self.policies)
+            principal = authenticate(request.headers, live.policies)
         except GatewayError as exc:
             return error_response(exc, rid)
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "llm-gateway"}
-            for name in self.catalog.models
+            for name in live.catalog.models
             if name in principal.models
         ]
         return Response(orjson.dumps({"object": "list", "data": data}), headers={"x-request-id": rid}, media_type=JSON)
@@ -309,7 +338,7 @@ class Gateway:
         if self.draining:
             exc = Unavailable("The gateway is draining.", code="draining", retry_after=1)
             return Response(exc.json(), 503, headers=exc.headers(), media_type=JSON)
-        body = {"status": "ready", "config": self.config.hash, "policies": self.policies.version}
+        body = {"status": "ready", "config": self.live.config.hash, "policies": self.policies.version}
         return Response(orjson.dumps(body), media_type=JSON)
 
     async def metrics_endpoint(self, request: Request) -> Response:
@@ -337,38 +366,75 @@ class Gateway:
             return error_response(exc, rid)
 
     async def _policy_status(self) -> dict[str, Any]:
-        p = self.policies
-        return {"version": p.version, "files": list(p.files), "open_mode": p.open is not None, "last_error": self.policy_error}
+        live = self.live
+        p = live.policies
+        return {
+            "version": p.version,
+            "files": list(p.files),
+            "open_mode": p.open is not None,
+            "config": live.config.hash,
+            "last_error": self.reload_error,
+        }
 
     async def _reload(self) -> dict[str, Any]:
-        await self.reload_policies()
+        await self.reload()
         return await self._policy_status()
 
-    async def reload_policies(self) -> None:
-        """Validate the whole policy directory (off the event loop) and swap it in at once.
-
-        A request reads `self.policies` once, so it sees the old set or the new one, never a mix; on
-        any problem the last good set stays, and the error is logged and shown by /admin/policies.
-        """
+    async def reload(self) -> None:
+        """Validate the config file and the whole policy directory (off the event loop) and swap in
+        the result as one `Live`. On any problem the last good config and policies stay, and the
+        error is logged and shown by /admin/policies."""
+        old = self.live
         try:
-            policies = await asyncio.to_thread(load_policies, self.config)
+            config, catalog, policies = await asyncio.to_thread(self._load, old.config)
         except ConfigError as exc:
-            self.policy_error = str(exc)
-            log.error("policy reload rejected, keeping version %s:\n%s", self.policies.version, exc)
+            self.reload_error = str(exc)
+            log.error("reload rejected, keeping config %s and policies %s:\n%s", old.config.hash, old.policies.version, exc)
             return
-        if policies.version != self.policies.version:
-            log.warning("policies reloaded: version %s -> %s (%s)", self.policies.version, policies.version, ", ".join(policies.files))
-        self.policies, self.policy_error = policies, None
+        self.reload_error = None
+        if catalog is None:
+            if policies.version == old.policies.version:
+                return
+            self.live = dataclasses.replace(old, policies=policies)
+        else:
+            attempts = Attempts(catalog, self.budget)
+            self.live = Live(config, catalog, policies, attempts, Reuse(config, self.cache_store, self.metrics, attempts))
+            self.metrics.models = frozenset(catalog.models)
+            log.warning("config reloaded: %s -> %s", old.config.hash, config.hash)
+        if policies.version != old.policies.version:
+            log.warning("policies reloaded: version %s -> %s (%s)", old.policies.version, policies.version, ", ".join(policies.files))
 
-    async def _watch_policies(self) -> None:
-        directory = self.config.path(self.config.file.policies.dir)
-        seen = await asyncio.to_thread(signature, directory)
+    def _load(self, current: Config) -> tuple[Config, Catalog | None, PolicySet]:
+        """The config file as it is now (if it changed: with its catalog) and the policies against it."""
+        config, catalog = current, None
+        if current.source != BUILTIN:
+            fresh = load(Path(current.source))
+            if fresh.hash != current.hash:
+                config, catalog = fresh, build_catalog(fresh, self.pool)
+                started = self.config.file
+                for section in RESTART_SECTIONS:
+                    if getattr(fresh.file, section) != getattr(started, section):
+                        log.warning("config [%s] changed: it takes effect at the next restart", section)
+        return config, catalog, load_policies(config)
+
+    def _watched(self) -> tuple[object, ...]:
+        config = self.live.config
+        stamp = None
+        if config.source != BUILTIN:
+            with contextlib.suppress(OSError):
+                st = os.stat(config.source)
+                stamp = (st.st_mtime_ns, st.st_size)
+        return stamp, signature(config.path(config.file.policies.dir))
+
+    async def _watch(self) -> None:
+        """Poll the config file and the policy directory; reload when either changed."""
+        seen = await asyncio.to_thread(self._watched)
         while True:
-            await asyncio.sleep(POLICY_POLL_S)
-            current = await asyncio.to_thread(signature, directory)
+            await asyncio.sleep(POLL_S)
+            current = await asyncio.to_thread(self._watched)
             if current != seen:
                 seen = current
-                await self.reload_policies()
+                await self.reload()
 
 
 async def not_found(request: Request, exc: Exception) -> Response:

@@ -47,7 +47,7 @@ class _Children(NamedTuple):
 
 class Metrics:
     def __init__(self, models: frozenset[str]) -> None:
-        self._models = models
+        self.models = models  # the configured model names: the only values of the `model` label
         self.registry = CollectorRegistry()
         self._multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         reg = None if self._multiprocess else self.registry
@@ -98,7 +98,7 @@ class Metrics:
         self.registry.register(_TraceCollector(self))
 
     def model_label(self, model: str | None) -> str:
-        return model if model in self._models else "other"
+        return model if model in self.models else "other"
 
     def _for(self, model: str | None, status: int) -> _Children:
         # prometheus-client's labels() costs ~1 us a call; the label sets are few, so resolve each once

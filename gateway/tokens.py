@@ -65,6 +65,24 @@ def _content_text(content: Any) -> str:
     return ""
 
 
+_MEMO_MAX_CHARS = 16_384
+_MEMO_ENTRIES = 4096
+_memo: dict[tuple[str, str], int] = {}
+
+
+def _count(enc: tiktoken.Encoding, text: str) -> int:
+    """Counts of short texts are remembered: system prompts and roles repeat from request to request."""
+    if len(text) > _MEMO_MAX_CHARS:
+        return len(enc.encode(text, disallowed_special=()))
+    key = (enc.name, text)
+    count = _memo.get(key)
+    if count is None:
+        if len(_memo) >= _MEMO_ENTRIES:
+            _memo.clear()
+        count = _memo[key] = len(enc.encode(text, disallowed_special=()))
+    return count
+
+
 def count_messages(messages: list[Any], model: str) -> int:
     """OpenAI's published accounting: 3 tokens per message, its role and text, 3 to prime the reply."""
     enc = encoding(model)
@@ -73,8 +91,8 @@ def count_messages(messages: list[Any], model: str) -> int:
         if not isinstance(message, dict):
             continue
         role = message.get("role")
-        total += 3 + len(enc.encode(_content_text(message.get("content")), disallowed_special=()))
-        total += len(enc.encode(role, disallowed_special=())) if isinstance(role, str) else 0
+        total += 3 + _count(enc, _content_text(message.get("content")))
+        total += _count(enc, role) if isinstance(role, str) else 0
         if message.get("name"):
             total += 1
     return total

@@ -8,7 +8,6 @@ kills, pauses and restarts.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import math
 import signal
@@ -187,10 +186,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[LimitStore]:
 async def settled(store: LimitStore, settlements: list[Settlement]) -> None:
     store.settle(settlements)
     if isinstance(store, RedisLimits):
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if store._flushing is None or store._flushing.done():
-                break
+        await store.idle()
 
 
 async def test_rate_burst_then_exact_retry_after(store: LimitStore) -> None:

@@ -1,6 +1,6 @@
 -- Admit a request against all of its checks, atomically: every check passes and is applied, or
 -- none is. The same arithmetic as gateway/limits/rules.py; time is Redis's own clock.
--- ARGV: lease id, then groups of five: kind, key, limit, amount, extra (see rules.Check).
+-- ARGV[1]: lease id; ARGV[2]: a JSON array of checks [kind, key, limit, amount, extra] (see rules.Check).
 -- Returns {1, period keys...} when admitted, {0, index (1-based), retry ms} when not.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -39,11 +39,11 @@ local function period(kind)
   return string.format('m%04d%02d', y, m), first_day(ny, nm) * 86400000
 end
 
+local checks = cjson.decode(ARGV[2])
 local plans = {}
-local n = (#ARGV - 1) / 5
+local n = #checks
 for c = 1, n do
-  local i = 2 + (c - 1) * 5
-  local kind, key, limit, amount, extra = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local kind, key, limit, amount, extra = unpack(checks[c])
   if kind == 'rate' then
     if limit <= 0 then return {0, c, extra} end
     local tat = tonumber(redis.call('GET', key) or '0')
@@ -66,8 +66,7 @@ end
 
 local out = {1}
 for c = 1, n do
-  local i = 2 + (c - 1) * 5
-  local kind, key, extra = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 4])
+  local kind, key, _, amount, extra = unpack(checks[c])
   if kind == 'rate' then
     local new = plans[c][1]
     redis.call('SET', key, string.format('%.3f', new), 'PX', math.max(1, math.ceil(new - now)))
@@ -76,7 +75,7 @@ for c = 1, n do
     redis.call('PEXPIRE', key, extra)
   else
     local full, ends = plans[c][1], plans[c][2]
-    redis.call('HINCRBY', full, 'r', ARGV[i + 3])
+    redis.call('HINCRBY', full, 'r', string.format('%d', amount))
     redis.call('PEXPIREAT', full, math.ceil(ends) + 86400000)
     out[#out + 1] = full
   end

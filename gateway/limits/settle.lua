@@ -1,12 +1,13 @@
 -- Settle finished requests (one call may carry many): give back or charge the difference on tpm
 -- buckets, release concurrency leases, and turn budget reservations into spend.
--- ARGV: groups of six: kind, key, a, b, c, lease (see rules.Settlement).
+-- ARGV[1]: a JSON array of settlements [kind, key, a, b, c, lease] (see rules.Settlement).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-for i = 1, #ARGV, 6 do
-  local kind, key = ARGV[i], ARGV[i + 1]
+local settlements = cjson.decode(ARGV[1])
+for i = 1, #settlements do
+  local kind, key, a, b, c, lease = unpack(settlements[i])
   if kind == 'rate' then
-    local limit, per, delta = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+    local limit, per, delta = a, b, c
     if limit > 0 and delta ~= 0 then
       local tat = tonumber(redis.call('GET', key) or '0')
       local new
@@ -22,13 +23,12 @@ for i = 1, #ARGV, 6 do
       end
     end
   elseif kind == 'conc' then
-    redis.call('ZREM', key, ARGV[i + 5])
+    redis.call('ZREM', key, lease)
   else
     if redis.call('EXISTS', key) == 1 then
-      local held, actual = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
       local r = tonumber(redis.call('HGET', key, 'r') or '0')
-      redis.call('HSET', key, 'r', math.max(0, r - held))
-      redis.call('HINCRBY', key, 's', actual)
+      redis.call('HSET', key, 'r', string.format('%d', math.max(0, r - a)))
+      redis.call('HINCRBY', key, 's', string.format('%d', b))
     end
   end
 end

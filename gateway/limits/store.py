@@ -3,8 +3,8 @@
 - `memory`: this process's dicts. Exact, and free, but each process counts alone: with
   `--workers N` or several replicas use Redis (the startup log says so).
 - `redis://host:port/db` (`rediss://` for TLS; `?prefix=` sets the key prefix, default `gwl:`): one
-  Lua script per admission (one round trip, all checks applied atomically, time from Redis), and
-  settlements sent together, one script call for all that finished meanwhile, after the responses.
+  Lua script per admission (all its checks applied atomically, time from Redis), and one script call
+  settling every request that finished meanwhile, all pipelined: a request waits for one round trip.
   Every call has a short timeout (`limits_timeout_ms`, 100 by default) behind a circuit breaker; a
   failure is raised as `LimitsUnavailable` and the caller applies the configured outage policy.
   Settlements that fail are kept and retried (up to `SETTLE_GIVE_UP_S`); leases lapse on their own.
@@ -19,6 +19,8 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any, Protocol
 
+import orjson
+
 from gateway.breaker import Breaker
 from gateway.limits import rules
 from gateway.limits.rules import Check, Settlement, Verdict
@@ -28,6 +30,7 @@ log = logging.getLogger("gateway.limits")
 
 SETTLE_RETRY_S = 1.0
 SETTLE_GIVE_UP_S = 300.0
+MAX_BATCH = 128  # admissions per pipeline: a full one takes Redis ~2 ms, well inside the timeout
 
 
 class LimitsUnavailable(Exception):
@@ -122,6 +125,10 @@ def _script(name: str) -> str:
 
 
 class RedisLimits:
+    """Admissions and settlements are queued and sent in pipelines, one in flight at a time, on one
+    connection: a request costs one Lua call inside Redis and a share of one round trip, however many
+    arrive at once (a connection per concurrent call would exhaust redis-py's pool under load)."""
+
     shared = True
 
     def __init__(self, url: str, prefix: str = "gwl:", timeout_s: float = 0.1, breaker: Breaker | None = None) -> None:
@@ -131,64 +138,99 @@ class RedisLimits:
         self.prefix = prefix
         self._timeout_s = timeout_s
         self.breaker = breaker or Breaker("limits backend (Redis)")
-        self._admit = self._redis.register_script(_script("admit.lua"))
-        self._settle = self._redis.register_script(_script("settle.lua"))
+        self._scripts = {"admit": _script("admit.lua"), "settle": _script("settle.lua")}
+        self._shas: dict[str, str] = {}
+        self._admissions: list[tuple[str, bytes, asyncio.Future[Any]]] = []
         self._pending: list[tuple[float, Settlement]] = []
-        self._flushing: asyncio.Task[None] | None = None
+        self._settle_after = 0.0  # after a failed send, settlements wait this long before the next try
+        self._sender: asyncio.Task[None] | None = None
 
     async def admit(self, checks: list[Check], lease: str) -> Verdict:
         if not self.breaker.allow():
             raise LimitsUnavailable("breaker open")
-        args: list[str | int] = [lease]
-        for check in checks:
-            args.extend((check.kind, self.prefix + check.key, check.limit, check.amount, check.extra))
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                answer = await self._admit(args=args)
-        except Exception as exc:  # redis, OS and timeout errors alike: translated here, once
-            self.breaker.failure(exc)
-            raise LimitsUnavailable(type(exc).__name__) from exc
-        self.breaker.success()
-        if answer[0] == 1:
-            return Verdict(True, -1, 0.0, tuple(k.decode()[len(self.prefix) :] for k in answer[1:]))
-        return Verdict(False, int(answer[1]) - 1, float(answer[2]), ())
+        prefix = self.prefix
+        payload = orjson.dumps([(c.kind, prefix + c.key, c.limit, c.amount, c.extra) for c in checks])
+        answer = asyncio.get_running_loop().create_future()
+        self._admissions.append((lease, payload, answer))
+        self._kick()
+        reply = await answer
+        if reply[0] == 1:
+            return Verdict(True, -1, 0.0, tuple(k.decode()[len(self.prefix) :] for k in reply[1:]))
+        return Verdict(False, int(reply[1]) - 1, float(reply[2]), ())
 
     def settle(self, settlements: list[Settlement]) -> None:
         now = time.monotonic()
         self._pending.extend((now, s) for s in settlements)
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+        self._kick()
 
-    async def _flush(self) -> None:
-        await asyncio.sleep(0)  # let the settlements of requests finishing in this loop turn join
-        while self._pending:
-            batch, self._pending = self._pending, []
-            args: list[str | int] = []
-            for _, s in batch:
-                args.extend((s.kind, self.prefix + s.key, s.a, s.b, s.c, s.lease))
+    def _kick(self) -> None:
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_all())
+
+    async def _send_all(self) -> None:
+        while self._admissions or (self._pending and time.monotonic() >= self._settle_after):
+            admissions, self._admissions = self._admissions[:MAX_BATCH], self._admissions[MAX_BATCH:]
+            settlements: list[tuple[float, Settlement]] = []
+            if self._pending and time.monotonic() >= self._settle_after and (admissions or self.breaker.allow()):
+                settlements, self._pending = self._pending, []
             try:
-                if not self.breaker.allow():
-                    raise LimitsUnavailable("breaker open")
-                async with asyncio.timeout(self._timeout_s * 5):
-                    await self._settle(args=args)
-                self.breaker.success()
-            except Exception as exc:
-                if not isinstance(exc, LimitsUnavailable):
-                    self.breaker.failure(exc)
-                cutoff = time.monotonic() - SETTLE_GIVE_UP_S
-                kept = [(t, s) for t, s in batch if t > cutoff]
-                if len(kept) < len(batch):
-                    log.error("limits backend: %d settlements older than %.0f s dropped", len(batch) - len(kept), SETTLE_GIVE_UP_S)
-                self._pending = kept + self._pending
-                await asyncio.sleep(SETTLE_RETRY_S)
+                async with asyncio.timeout(self._timeout_s):
+                    await self._send(admissions, [s for _, s in settlements])
+            except Exception as exc:  # redis, OS and timeout errors alike: translated here, once
+                self.breaker.failure(exc)
+                for _, _, answer in admissions:
+                    if not answer.done():
+                        answer.set_exception(LimitsUnavailable(type(exc).__name__))
+                self._retry_later(settlements)
+                continue
+            self.breaker.success()
+
+    async def _send(self, admissions: list[tuple[str, bytes, asyncio.Future[Any]]], settlements: list[Settlement]) -> None:
+        if len(self._shas) < len(self._scripts):
+            for name, text in self._scripts.items():
+                self._shas[name] = await self._redis.script_load(text)
+        pipe = self._redis.pipeline(transaction=False)
+        if settlements:
+            prefix = self.prefix
+            payload = orjson.dumps([(s.kind, prefix + s.key, s.a, s.b, s.c, s.lease) for s in settlements])
+            pipe.evalsha(self._shas["settle"], 0, payload)
+        admit = self._shas["admit"]
+        for lease, checks, _ in admissions:
+            pipe.evalsha(admit, 0, lease, checks)
+        results = await pipe.execute(raise_on_error=False)
+        if settlements and isinstance(results[0], Exception):
+            self._shas.clear()  # NOSCRIPT after a Redis restart: loaded again on the next send
+            raise results[0]
+        for (_, _, answer), result in zip(admissions, results[1 if settlements else 0 :], strict=True):
+            if isinstance(result, Exception):
+                self._shas.clear()
+                answer.set_exception(LimitsUnavailable(type(result).__name__))
+            elif not answer.done():
+                answer.set_result(result)
+
+    def _retry_later(self, settlements: list[tuple[float, Settlement]]) -> None:
+        if not settlements:
+            return
+        cutoff = time.monotonic() - SETTLE_GIVE_UP_S
+        kept = [(t, s) for t, s in settlements if t > cutoff]
+        if len(kept) < len(settlements):
+            log.error("limits backend: %d settlements older than %.0f s dropped", len(settlements) - len(kept), SETTLE_GIVE_UP_S)
+        self._pending = kept + self._pending
+        self._settle_after = time.monotonic() + SETTLE_RETRY_S
+        asyncio.get_running_loop().call_later(SETTLE_RETRY_S, self._kick)
+
+    async def idle(self) -> None:
+        """Wait until everything queued so far has been sent (or has failed)."""
+        while self._sender is not None and not self._sender.done():
+            await asyncio.wait({self._sender})
 
     async def close(self) -> None:
-        if self._flushing is not None and not self._flushing.done():
+        if self._sender is not None and not self._sender.done():
             try:
                 async with asyncio.timeout(1.0):
-                    await asyncio.shield(self._flushing)
+                    await asyncio.shield(self._sender)
             except TimeoutError:
-                self._flushing.cancel()
+                self._sender.cancel()
         await self._redis.aclose()
 
 
