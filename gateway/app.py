@@ -210,6 +210,8 @@ class Gateway:
         }
         if record.prompt_id is not None:
             headers["x-gateway-prompt"] = f"{record.prompt_id}@{record.prompt_version}"
+        if record.redacted:
+            headers["x-gateway-redacted"] = ",".join(f"{kind}={n}" for kind, n in sorted(record.redacted.items()))
         return headers
 
     def _finish(self, record: Record) -> None:
@@ -252,8 +254,20 @@ class Gateway:
         record.model = validate(body, op.value)
         if principal.tools is not None and body.get("tools"):
             require_tools(body["tools"], principal.tools)
+        guard = principal.guard
+        if guard is not None:  # deny rules, then redaction: before the body is cached, traced or sent
+            record.redacted = guard.screen(body) or None
         record.request_body = body
         route = self._admit(principal, record.model, live.catalog)
+        if guard is not None and guard.max_request_tokens is not None:
+            counted = await self.limiter.count(op, body, route)
+            if counted > guard.max_request_tokens:
+                raise BadRequest(
+                    f"The request has {counted} prompt tokens, over this key's guardrail cap of {guard.max_request_tokens} "
+                    "(max_request_tokens).",
+                    param="messages" if op is Operation.CHAT else "prompt" if op is Operation.COMPLETION else "input",
+                    code="request_tokens_exceeded",
+                )
         if route.rules:
             route, record.route_rule = pick_model(live.catalog, route, body, request.headers.get("x-gateway-route-tag"))
         return principal, body, route

@@ -31,6 +31,7 @@ class GatewayError(Exception):
     type = "internal_error"
     code: str | None = None
     retryable = False  # may another attempt (retry, fallback) succeed where this one failed?
+    reason: str | None = None  # a finer reason code for traces (e.g. which guardrail rule), when there is one
 
     def __init__(
         self,
@@ -53,7 +54,7 @@ class GatewayError(Exception):
     @property
     def error_type(self) -> str:
         """The closed, low-cardinality name used in traces and metrics."""
-        return self.code or self.type
+        return self.reason or self.code or self.type
 
     def body(self) -> dict[str, object]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

@@ -94,10 +94,14 @@ class Balancer:
             h.failures, h.ejected_until, h.probing = 0, 0.0, False
             return
         h.failures += 1
-        if h.probing or (h.failures >= self.eject_after and self._may_eject(index)):
-            h.probing = False
+        if not h.probing and h.failures < self.eject_after:
+            return
+        if self._may_eject(index):
             h.ejections += 1
             h.ejected_until = self.clock() + self.base_ejection_s * h.ejections
+        elif h.probing:  # a failed probe, but half the targets are out already: back in rotation
+            h.ejected_until = 0.0
+        h.probing = False
 
     def _may_eject(self, index: int) -> bool:
         now = self.clock()

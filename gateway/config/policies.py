@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError
 from gateway.config.load import Config, read_toml
 from gateway.config.problems import ConfigError, Problem, dotted, from_validation
 from gateway.config.schema import Strict
+from gateway.guardrails import Guardrails, GuardrailsSection
 from gateway.limits.quota import Limit, Quota
 from gateway.limits.rules import NANO
 
@@ -38,6 +39,7 @@ class TeamSection(Limits):
     tools: list[str] | None = None  # None = any function tool
     cache: bool = True  # false: this team's requests never read, write or share cached answers
     capture_content: Literal["none", "metadata", "full"] | None = None  # overrides [telemetry] capture_content
+    guardrails: GuardrailsSection = GuardrailsSection()
 
 
 class KeySection(Limits):
@@ -66,6 +68,7 @@ class Principal:
     cache: bool = True  # the team's response-cache opt-out
     capture: str | None = None  # the team's capture_content override, if any
     quota: Quota | None = None  # None: no limit applies
+    guard: Guardrails | None = None  # the team's guardrails; None: none configured
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,4 +168,5 @@ def _principal(key: KeySection, team: TeamSection, models: list[str]) -> Princip
         cache=team.cache,
         capture=team.capture_content,
         quota=_quota(limits, set(overrides), key.team, key.name),
+        guard=Guardrails.compile(team.guardrails),
     )

@@ -73,7 +73,7 @@ class Limiter:
         if quota.rpm is not None:
             checks.append(Check("rate", quota.rpm.counter, quota.rpm.value, 1, MINUTE_MS))
             rules.append(_Rule("rpm", "rpm_exceeded", quota.rpm))
-        prompt = await self._count(op, body, route) if quota.counts_tokens else 0
+        prompt = await self.count(op, body, route) if quota.counts_tokens else 0
         if quota.tpm is not None:
             checks.append(Check("rate", quota.tpm.counter, quota.tpm.value, prompt, MINUTE_MS))
             rules.append(_Rule("tpm", "tpm_exceeded", quota.tpm))
@@ -128,7 +128,8 @@ class Limiter:
             )
         self._metrics.limits_unchecked.labels("admitted").inc()
 
-    async def _count(self, op: Operation, body: dict[str, Any], route: ModelRoute) -> int:
+    async def count(self, op: Operation, body: dict[str, Any], route: ModelRoute) -> int:
+        """The request's prompt tokens, counted with tiktoken for the route's first deployment."""
         model = route.deployments[0].model
         if model not in self._warm:  # loading an encoding takes ~0.5 s the first time: off the event loop
             await asyncio.to_thread(tokens.encoding, model)

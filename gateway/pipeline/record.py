@@ -62,6 +62,7 @@ class Record:
     request_body: dict[str, Any] | None = None  # the parsed body (parameters only, once handed over, for "none")
     response_body: dict[str, Any] | None = None  # "full" only: the complete answer, in OpenAI's format
     response_text: list[str] | None = None  # "full" only, streams: the relayed text
+    redacted: dict[str, int] | None = None  # guardrail redactions by kind (the x-gateway-redacted header)
     lease: Any = None  # what the request holds against its limits (pipeline/limit.py), settled when it is over
 
     def mark_overhead(self, now: float) -> float:

@@ -68,26 +68,38 @@ def _any(value: Value) -> bytes:
     return _field(b"\x2a", values)  # array_value = 5
 
 
-_ENCODED: dict[tuple[str, object, type], bytes] = {}  # most attribute values repeat (models, teams, providers)
+def _encode(tag: bytes, key: str, value: Value) -> bytes:
+    return _field(tag, _key(key) + _field(b"\x12", _any(value)))
 
 
-def _attribute(tag: bytes, key: str, value: Value) -> bytes:
-    cacheable = not isinstance(value, list | tuple)
-    if cacheable:
-        found = _ENCODED.get((key, value, type(value)))
-        if found is not None:
-            return found
-    encoded = _field(tag, _key(key) + _field(b"\x12", _any(value)))
-    if cacheable:
-        if len(_ENCODED) > 50_000:
-            _ENCODED.clear()
-        _ENCODED[(key, value, type(value))] = encoded
-    return encoded
+# Most attribute values repeat (models, teams, providers, token counts): each (tag, key) keeps its
+# encoded attributes by value, at most _CACHED of them. The value's type is checked on a hit, as
+# True == 1 == 1.0 share a slot. Looking up a dict per key, not one keyed by tuples, saves the
+# tuple's allocation and hashing: half the cost of encoding a span's attributes.
+_CACHES: dict[tuple[bytes, str], dict[object, tuple[bytes, type]]] = {}
+_CACHED = 2000
 
 
 def attributes(tag: bytes, attrs: Mapping[str, Value | None]) -> bytes:
     """Repeated KeyValue fields under `tag`; None values are left out."""
-    return b"".join([_attribute(tag, k, v) for k, v in attrs.items() if v is not None])
+    out = []
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        kind = type(value)
+        if kind is list or kind is tuple:
+            out.append(_encode(tag, key, value))
+            continue
+        cache = _CACHES.get((tag, key))
+        if cache is None:
+            cache = _CACHES[(tag, key)] = {}
+        hit = cache.get(value)
+        if hit is None or hit[1] is not kind:
+            if len(cache) >= _CACHED:  # mostly unique values (ids): caching them buys nothing
+                cache.clear()
+            hit = cache[value] = (_encode(tag, key, value), kind)
+        out.append(hit[0])
+    return b"".join(out)
 
 
 @dataclass(slots=True)

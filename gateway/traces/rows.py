@@ -17,8 +17,8 @@ def _content(entry: dict[str, Any], max_bytes: int) -> tuple[str | None, str | N
     mode = entry.get("capture", "none")
     body = entry.get("request_body")
     if mode == "full":
-        output = capture.output_message(entry.get("response_body"), entry.get("response_text"), entry.get("finish_reason"))
-        response = entry.get("response_body") or output
+        # the response body when there is one; the output message (of a stream) only when there is not
+        response = entry.get("response_body") or capture.output_message(None, entry.get("response_text"), entry.get("finish_reason"))
         return (capture.to_json(body, max_bytes) if body is not None else None), (
             capture.to_json(response, max_bytes) if response is not None else None
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import selectors
@@ -336,6 +337,16 @@ class Writer:
         return bool(data)
 
 
+def tune_gc() -> None:
+    """What is loaded so far lives as long as the process: out of the collector's generations it goes.
+    Records are plain JSON values, rows tuples, spans bytes: reference counting frees them all, so the
+    young generation is collected far less often than every 700 allocations (a decoded record alone
+    is ~20 containers); at the default, collections took ~3 us a record in each stage."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def main() -> None:
     """`python -m gateway.traces.writer FD`: FD is the listening socket; stdin carries the settings
     (one JSON line) and then stays open until the owner is done."""
@@ -345,6 +356,7 @@ def main() -> None:
     listener = socket.socket(fileno=int(sys.argv[1]))
     address = Path(listener.getsockname())
     settings = Settings.from_json(sys.stdin.buffer.readline())
+    tune_gc()
     try:
         Writer(settings).serve(listener, sys.stdin.buffer)
     finally:  # also when the owner died without stopping us
