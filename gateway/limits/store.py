@@ -125,7 +125,8 @@ def _script(name: str) -> str:
 
 
 class RedisLimits:
-    """Admissions and settlements are queued and sent in pipelines, one in flight at a time, on one
+    """Admissions are queued and sent in pipelines, one pipeline in flight at a time; settlements
+    likewise, in a lane of their own, so an admission never waits behind them. Each lane holds one
     connection: a request costs one Lua call inside Redis and a share of one round trip, however many
     arrive at once (a connection per concurrent call would exhaust redis-py's pool under load)."""
 
@@ -142,8 +143,8 @@ class RedisLimits:
         self._shas: dict[str, str] = {}
         self._admissions: list[tuple[str, bytes, asyncio.Future[Any]]] = []
         self._pending: list[tuple[float, Settlement]] = []
-        self._settle_after = 0.0  # after a failed send, settlements wait this long before the next try
-        self._sender: asyncio.Task[None] | None = None
+        self._admitter: asyncio.Task[None] | None = None
+        self._settler: asyncio.Task[None] | None = None
 
     async def admit(self, checks: list[Check], lease: str) -> Verdict:
         if not self.breaker.allow():
@@ -152,85 +153,85 @@ class RedisLimits:
         payload = orjson.dumps([(c.kind, prefix + c.key, c.limit, c.amount, c.extra) for c in checks])
         answer = asyncio.get_running_loop().create_future()
         self._admissions.append((lease, payload, answer))
-        self._kick()
+        if self._admitter is None or self._admitter.done():
+            self._admitter = asyncio.get_running_loop().create_task(self._admit_all())
         reply = await answer
         if reply[0] == 1:
             return Verdict(True, -1, 0.0, tuple(k.decode()[len(self.prefix) :] for k in reply[1:]))
         return Verdict(False, int(reply[1]) - 1, float(reply[2]), ())
 
+    async def _admit_all(self) -> None:
+        while self._admissions:
+            batch, self._admissions = self._admissions[:MAX_BATCH], self._admissions[MAX_BATCH:]
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    pipe = self._redis.pipeline(transaction=False)
+                    admit = await self._sha("admit")
+                    for lease, checks, _ in batch:
+                        pipe.evalsha(admit, 0, lease, checks)
+                    results = await pipe.execute(raise_on_error=False)
+            except Exception as exc:  # redis, OS and timeout errors alike: translated here, once
+                self.breaker.failure(exc)
+                results = [exc] * len(batch)
+            else:
+                self.breaker.success()
+            for (_, _, answer), result in zip(batch, results, strict=True):
+                if answer.done():
+                    continue
+                if isinstance(result, Exception):
+                    self._shas.clear()  # NOSCRIPT after a Redis restart: loaded again on the next send
+                    answer.set_exception(LimitsUnavailable(type(result).__name__))
+                else:
+                    answer.set_result(result)
+
     def settle(self, settlements: list[Settlement]) -> None:
         now = time.monotonic()
         self._pending.extend((now, s) for s in settlements)
-        self._kick()
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.get_running_loop().create_task(self._settle_all())
 
-    def _kick(self) -> None:
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._send_all())
-
-    async def _send_all(self) -> None:
-        while self._admissions or (self._pending and time.monotonic() >= self._settle_after):
-            admissions, self._admissions = self._admissions[:MAX_BATCH], self._admissions[MAX_BATCH:]
-            settlements: list[tuple[float, Settlement]] = []
-            if self._pending and time.monotonic() >= self._settle_after and (admissions or self.breaker.allow()):
-                settlements, self._pending = self._pending, []
+    async def _settle_all(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
             try:
-                async with asyncio.timeout(self._timeout_s):
-                    await self._send(admissions, [s for _, s in settlements])
-            except Exception as exc:  # redis, OS and timeout errors alike: translated here, once
-                self.breaker.failure(exc)
-                for _, _, answer in admissions:
-                    if not answer.done():
-                        answer.set_exception(LimitsUnavailable(type(exc).__name__))
-                self._retry_later(settlements)
-                continue
-            self.breaker.success()
+                if not self.breaker.allow():
+                    raise LimitsUnavailable("breaker open")
+                prefix = self.prefix
+                payload = orjson.dumps([(s.kind, prefix + s.key, s.a, s.b, s.c, s.lease) for _, s in batch])
+                async with asyncio.timeout(self._timeout_s * 5):
+                    await self._redis.evalsha(await self._sha("settle"), 0, payload)
+            except Exception as exc:
+                if not isinstance(exc, LimitsUnavailable):
+                    self._shas.clear()
+                    self.breaker.failure(exc)
+                cutoff = time.monotonic() - SETTLE_GIVE_UP_S
+                kept = [(t, s) for t, s in batch if t > cutoff]
+                if len(kept) < len(batch):
+                    log.error("limits backend: %d settlements older than %.0f s dropped", len(batch) - len(kept), SETTLE_GIVE_UP_S)
+                self._pending = kept + self._pending
+                await asyncio.sleep(SETTLE_RETRY_S)
+            else:
+                self.breaker.success()
 
-    async def _send(self, admissions: list[tuple[str, bytes, asyncio.Future[Any]]], settlements: list[Settlement]) -> None:
-        if len(self._shas) < len(self._scripts):
-            for name, text in self._scripts.items():
-                self._shas[name] = await self._redis.script_load(text)
-        pipe = self._redis.pipeline(transaction=False)
-        if settlements:
-            prefix = self.prefix
-            payload = orjson.dumps([(s.kind, prefix + s.key, s.a, s.b, s.c, s.lease) for s in settlements])
-            pipe.evalsha(self._shas["settle"], 0, payload)
-        admit = self._shas["admit"]
-        for lease, checks, _ in admissions:
-            pipe.evalsha(admit, 0, lease, checks)
-        results = await pipe.execute(raise_on_error=False)
-        if settlements and isinstance(results[0], Exception):
-            self._shas.clear()  # NOSCRIPT after a Redis restart: loaded again on the next send
-            raise results[0]
-        for (_, _, answer), result in zip(admissions, results[1 if settlements else 0 :], strict=True):
-            if isinstance(result, Exception):
-                self._shas.clear()
-                answer.set_exception(LimitsUnavailable(type(result).__name__))
-            elif not answer.done():
-                answer.set_result(result)
-
-    def _retry_later(self, settlements: list[tuple[float, Settlement]]) -> None:
-        if not settlements:
-            return
-        cutoff = time.monotonic() - SETTLE_GIVE_UP_S
-        kept = [(t, s) for t, s in settlements if t > cutoff]
-        if len(kept) < len(settlements):
-            log.error("limits backend: %d settlements older than %.0f s dropped", len(settlements) - len(kept), SETTLE_GIVE_UP_S)
-        self._pending = kept + self._pending
-        self._settle_after = time.monotonic() + SETTLE_RETRY_S
-        asyncio.get_running_loop().call_later(SETTLE_RETRY_S, self._kick)
+    async def _sha(self, name: str) -> str:
+        sha = self._shas.get(name)
+        if sha is None:
+            sha = self._shas[name] = await self._redis.script_load(self._scripts[name])
+        return sha
 
     async def idle(self) -> None:
         """Wait until everything queued so far has been sent (or has failed)."""
-        while self._sender is not None and not self._sender.done():
-            await asyncio.wait({self._sender})
+        for task in (self._admitter, self._settler):
+            if task is not None and not task.done():
+                await asyncio.wait({task})
 
     async def close(self) -> None:
-        if self._sender is not None and not self._sender.done():
+        if self._settler is not None and not self._settler.done():
             try:
                 async with asyncio.timeout(1.0):
-                    await asyncio.shield(self._sender)
+                    await asyncio.shield(self._settler)
             except TimeoutError:
-                self._sender.cancel()
+                self._settler.cancel()
         await self._redis.aclose()
 
 
