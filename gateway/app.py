@@ -15,7 +15,7 @@ import os
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,9 +64,16 @@ POLL_S = 1.0  # edits to the config file and policies/ take effect within about 
 RESTART_SECTIONS = ("server", "state", "telemetry", "prompts")  # read once, at start
 
 
-def request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id")
+def request_id(headers: Mapping[str, str]) -> str:
+    given = headers.get("x-request-id")
     return given if given and _REQUEST_ID.match(given) else f"{random.getrandbits(128):032x}"
+
+
+def header_dict(request: Request) -> dict[str, str]:
+    """The request's headers as a plain dict, built once: Starlette's `Headers` scans and decodes the
+    raw list on every lookup (and raises KeyError inside `get` for each absent one), and a proxied
+    request looks up about eight, most of them absent. ASGI header names are already lower-case."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
 
 
 def error_response(exc: GatewayError, rid: str) -> Response:
@@ -226,9 +233,9 @@ class Gateway:
         if record.status >= 500:
             log.warning("request %s failed: %s %s (target %s)", record.request_id, record.status, record.error_type, record.target)
 
-    def _begin(self, request: Request, op: Operation, t0: float) -> Record:
-        record = Record(request_id(request), op.value, time.time(), t0)
-        tracecontext.start(record, request.headers.get("traceparent"))
+    def _begin(self, headers: Mapping[str, str], op: Operation, t0: float) -> Record:
+        record = Record(request_id(headers), op.value, time.time(), t0)
+        tracecontext.start(record, headers.get("traceparent"))
         return record
 
     def _answered(self, record: Record, reply: Reply) -> None:
@@ -242,13 +249,15 @@ class Gateway:
             record.response_text = state.text
         self._finish(record)
 
-    async def _admission(self, request: Request, op: Operation, record: Record, live: Live) -> tuple[Principal, dict[str, Any], ModelRoute]:
+    async def _admission(
+        self, request: Request, headers: Mapping[str, str], op: Operation, record: Record, live: Live
+    ) -> tuple[Principal, dict[str, Any], ModelRoute]:
         """Auth, body, prompt, permissions and routing rules: who asks for what, served by which model."""
         policies = live.policies
-        principal = authenticate(request.headers, policies)
+        principal = authenticate(headers, policies)
         record.key_name, record.team, record.policy_version = principal.key_name, principal.team, policies.version
         record.capture = principal.capture or self.capture
-        body = await read_json(request, self.max_body)
+        body = await read_json(request, self.max_body, headers.get("content-length"))
         if referenced(body):
             body = self._apply_prompt(body, principal, op, record)
         record.model = validate(body, op.value)
@@ -269,25 +278,26 @@ class Gateway:
                     code="request_tokens_exceeded",
                 )
         if route.rules:
-            route, record.route_rule = pick_model(live.catalog, route, body, request.headers.get("x-gateway-route-tag"))
+            route, record.route_rule = pick_model(live.catalog, route, body, headers.get("x-gateway-route-tag"))
         return principal, body, route
 
     async def proxy(self, request: Request, op: Operation) -> Response:
         t0 = time.perf_counter()
         live = self.live  # read once: a reload mid-request cannot mix two configs or policy sets
-        record = self._begin(request, op, t0)
+        headers = header_dict(request)
+        record = self._begin(headers, op, t0)
         rid = record.request_id
         streaming = False
         self.budget.requests += 1
         try:
             if self.budget.requests > self.max_in_flight:
                 raise Unavailable("The gateway is at capacity; retry shortly.", code="overloaded", retry_after=1)
-            principal, body, route = await self._admission(request, op, record, live)
+            principal, body, route = await self._admission(request, headers, op, record, live)
             if principal.quota is not None:
                 record.lease = await self.limiter.admit(principal, op, body, route, live.catalog)
             if op is Operation.EMBEDDINGS or route.name in live.reuse.cached:  # cache, coalescing, batching
                 reused = await live.reuse.serve(
-                    request.headers, principal, op, body, route, record, lambda: self._headers(rid, record), lambda: self._finish(record)
+                    headers, principal, op, body, route, record, lambda: self._headers(rid, record), lambda: self._finish(record)
                 )
                 if reused is not None:
                     streaming = isinstance(reused, SSEResponse)
@@ -332,7 +342,7 @@ class Gateway:
         return await self.proxy(request, Operation.EMBEDDINGS)
 
     async def models(self, request: Request) -> Response:
-        rid = request_id(request)
+        rid = request_id(request.headers)
         live = self.live
         try:
             principal = authenticate(request.headers, live.policies)
@@ -372,7 +382,7 @@ class Gateway:
         return await self._admin(request, lambda: self.trace_admin.get(request.path_params["request_id"]))
 
     async def _admin(self, request: Request, action: Any) -> Response:
-        rid = request_id(request)
+        rid = request_id(request.headers)
         try:
             require_admin(authenticate(request.headers, self.policies))
             return Response(orjson.dumps(await action()), headers={"x-request-id": rid}, media_type=JSON)

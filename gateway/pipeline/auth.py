@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-
-from starlette.datastructures import Headers
+from collections.abc import Mapping
 
 from gateway.config.policies import PolicySet, Principal
 from gateway.errors import AuthenticationError, PermissionDenied
 
 
-def presented_key(headers: Headers) -> str | None:
+def presented_key(headers: Mapping[str, str]) -> str | None:
     value = headers.get("authorization")
     if value:
         scheme, _, key = value.partition(" ")
@@ -19,7 +18,7 @@ def presented_key(headers: Headers) -> str | None:
     return headers.get("api-key") or None
 
 
-def authenticate(headers: Headers, policies: PolicySet) -> Principal:
+def authenticate(headers: Mapping[str, str], policies: PolicySet) -> Principal:
     if policies.open is not None:
         return policies.open
     key = presented_key(headers)

@@ -14,8 +14,10 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"Request body is larger than the gateway's limit of {limit} bytes.")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+async def read_body(request: Request, limit: int, declared: str | None = None) -> bytes:
+    """`declared`: the content-length header, if the caller has already looked it up."""
+    if declared is None:
+        declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks = []
@@ -28,8 +30,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    raw = await read_body(request, limit)
+async def read_json(request: Request, limit: int, declared: str | None = None) -> dict[str, Any]:
+    raw = await read_body(request, limit, declared)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

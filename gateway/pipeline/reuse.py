@@ -129,9 +129,6 @@ class Reuse:
         deployment, answer = await self.attempts.serve(Operation.EMBEDDINGS, body, route, record, streaming=False)
         return deployment, answer
 
-    async def close(self) -> None:
-        await self.store.close()
-
     async def serve(
         self,
         request_headers: Mapping[str, str],
