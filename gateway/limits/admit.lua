@@ -52,8 +52,10 @@ for c = 1, n do
     if new - now - extra > 0.001 then return {0, c, math.ceil(new - now - extra)} end
     plans[c] = {new}
   elseif kind == 'conc' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    if redis.call('ZCARD', key) >= limit then return {0, c, 1000} end
+    if redis.call('ZCARD', key) >= limit then -- only then are lapsed leases (of dead processes) swept
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+      if redis.call('ZCARD', key) >= limit then return {0, c, 1000} end
+    end
   else
     local suffix, ends = period(kind)
     local full = key .. ':' .. suffix

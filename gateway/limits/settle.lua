@@ -26,8 +26,7 @@ for i = 1, #settlements do
     redis.call('ZREM', key, lease)
   else
     if redis.call('EXISTS', key) == 1 then
-      local r = tonumber(redis.call('HGET', key, 'r') or '0')
-      redis.call('HSET', key, 'r', string.format('%d', math.max(0, r - a)))
+      redis.call('HINCRBY', key, 'r', string.format('%d', -a)) -- admission added `a` to this very key
       redis.call('HINCRBY', key, 's', string.format('%d', b))
     end
   end
