@@ -8,6 +8,7 @@ kills, pauses and restarts.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 import signal
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -23,9 +25,18 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.catalog import build_catalog
+from gateway.config.load import build
+from gateway.config.policies import Limits, Principal
 from gateway.limits import rules
-from gateway.limits.rules import MINUTE_MS, Check, Settlement
+from gateway.limits.quota import Limit, Quota
+from gateway.limits.rules import MINUTE_MS, Check, Settlement, Verdict
 from gateway.limits.store import LimitStore, LimitsUnavailable, MemoryLimits, RedisLimits, open_limits
+from gateway.metrics import Metrics
+from gateway.pipeline.limit import Limiter
+from gateway.pipeline.record import Record
+from gateway.providers.base import Operation
+from gateway.upstream import Pool
 from tests.conftest import GatewayFactory, GatewayProcess, RedisServer, config_for, need_redis, sha
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 
@@ -395,3 +406,55 @@ def test_redis_outage_rate_limits_fail_open_budgets_closed_no_hang_and_recovery(
         time.sleep(0.25)
     assert "gateway_limits_backend_up 1.0" in httpx.get(gw.url + "/metrics").text
     assert "limits backend (Redis) is answering again" in gw.log()
+
+
+async def test_an_admission_whose_client_went_away_is_given_back(tmp_path: Path) -> None:
+    """A request cancelled while its admission is on the way to Redis: once the verdict arrives,
+    its concurrency lease, tokens and budget reservation are released (no reservation leaks)."""
+
+    class Slow(MemoryLimits):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+
+        async def admit(self, checks: list[Check], lease: str) -> Verdict:
+            # like Redis: once sent, the admission is applied whatever becomes of the caller
+            return await asyncio.shield(asyncio.ensure_future(self._apply(checks, lease)))
+
+        async def _apply(self, checks: list[Check], lease: str) -> Verdict:
+            await self.gate.wait()
+            return self.admit_now(checks, lease)
+
+    raw = {
+        "providers": {"demo": {"kind": "mock"}},
+        "models": {
+            "priced": {"targets": [{"provider": "demo", "model": "echo"}], "price": {"input_per_million": 1e6, "output_per_million": 1e6}}
+        },
+    }
+    config = build(raw, str(tmp_path / "c.toml"), tmp_path)
+    catalog = build_catalog(config, Pool(10))
+    quota = Quota(
+        concurrent=Limit("max_concurrent", 1, "conc:team:t", "team 't'"),
+        tpm=Limit("tpm", 1000, "tpm:team:t", "team 't'"),
+        day=Limit("budget_usd_per_day", 50 * rules.NANO, "usd:team:t", "team 't'"),
+    )
+    principal = Principal("k", "t", False, frozenset({"priced"}), Limits(), None, None, quota=quota)
+    store = Slow()
+    limiter = Limiter(store, Metrics(frozenset()), True, False)
+    body = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+    store.gate.set()  # a first request, admitted and settled as usual (and tiktoken's encoding loaded)
+    first = await limiter.admit(principal, Operation.CHAT, dict(body), catalog.models["priced"], catalog)
+    assert first is not None
+    limiter.settle(first, Record("r1", "chat", time.time(), 0.0))
+    store.gate.clear()
+    waiting = asyncio.ensure_future(limiter.admit(principal, Operation.CHAT, body, catalog.models["priced"], catalog))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    await asyncio.sleep(0.01)
+    store.gate.set()
+    await asyncio.sleep(0.01)
+    assert waiting.cancelled()
+    day = f"usd:team:t:{rules.period('day', time.time() * 1000)[0]}"
+    assert store.spent(day) == (0, 0)  # reserved, then given back
+    lease = await limiter.admit(principal, Operation.CHAT, dict(body), catalog.models["priced"], catalog)
+    assert lease is not None  # the one concurrency slot is free again

@@ -21,7 +21,7 @@ from gateway.catalog import Catalog, ModelRoute
 from gateway.config.policies import Principal
 from gateway.errors import BadRequest, RateLimited, Unavailable
 from gateway.limits.quota import Limit, Quota
-from gateway.limits.rules import MINUTE_MS, Check, Settlement, nano_usd
+from gateway.limits.rules import MINUTE_MS, Check, Settlement, Verdict, nano_usd
 from gateway.limits.store import LimitStore, LimitsUnavailable
 from gateway.metrics import Metrics
 from gateway.pipeline.record import Record
@@ -91,8 +91,12 @@ class Limiter:
                 if budget is not None:
                     checks.append(Check(kind, budget.counter, budget.value, worst, 0))  # type: ignore[arg-type]
                     rules.append(_Rule("budget", "budget_exceeded", budget))
+        admission = asyncio.ensure_future(self.store.admit(checks, lease.lease))
         try:
-            verdict = await self.store.admit(checks, lease.lease)
+            verdict = await asyncio.shield(admission)
+        except asyncio.CancelledError:  # the client went away mid-admission: undo it once it is known
+            admission.add_done_callback(lambda done: self._undo(done, lease, worst))
+            raise
         except LimitsUnavailable:
             self._outage(rules)  # raises, unless this outage admits the request unchecked
             return None
@@ -104,17 +108,25 @@ class Limiter:
         return lease
 
     def settle(self, lease: Lease, record: Record) -> None:
+        used = record.usage.prompt_tokens + record.usage.completion_tokens if record.usage is not None else 0
+        self._settle(lease, used, nano_usd(record.cost_usd or 0.0))
+
+    def _settle(self, lease: Lease, used_tokens: int, spent_nano: int) -> None:
         settlements: list[Settlement] = []
         if lease.tpm is not None:
-            used = record.usage.prompt_tokens + record.usage.completion_tokens if record.usage is not None else 0
-            settlements.append(Settlement("rate", lease.tpm.counter, lease.tpm.value, MINUTE_MS, used - lease.tokens_reserved))
+            settlements.append(Settlement("rate", lease.tpm.counter, lease.tpm.value, MINUTE_MS, used_tokens - lease.tokens_reserved))
         if lease.concurrent is not None:
             settlements.append(Settlement("conc", lease.concurrent.counter, 0, 0, 0, lease.lease))
-        if lease.budgets:
-            spent = nano_usd(record.cost_usd or 0.0)
-            settlements.extend(Settlement("budget", key, held, spent, 0) for key, held in lease.budgets)
+        settlements.extend(Settlement("budget", key, held, spent_nano, 0) for key, held in lease.budgets)
         if settlements:
             self.store.settle(settlements)
+
+    def _undo(self, admission: asyncio.Future[Verdict], lease: Lease, worst: int) -> None:
+        """An admission whose request was cancelled while waiting for it: give back what it took."""
+        if admission.cancelled() or admission.exception() is not None or not admission.result().admitted:
+            return
+        lease.budgets = [(key, worst) for key in admission.result().periods]
+        self._settle(lease, 0, 0)
 
     def _outage(self, rules: list[_Rule]) -> None:
         budgets = any(r.reason == "budget" for r in rules)
