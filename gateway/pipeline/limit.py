@@ -91,6 +91,8 @@ class Limiter:
                 if budget is not None:
                     checks.append(Check(kind, budget.counter, budget.value, worst, 0))  # type: ignore[arg-type]
                     rules.append(_Rule("budget", "budget_exceeded", budget))
+        if not checks:  # a max_tokens cap alone: nothing to count
+            return None
         admission = asyncio.ensure_future(self.store.admit(checks, lease.lease))
         try:
             verdict = await asyncio.shield(admission)
