@@ -3,8 +3,9 @@
 - `memory`: this process's dicts. Exact, and free, but each process counts alone: with
   `--workers N` or several replicas use Redis (the startup log says so).
 - `redis://host:port/db` (`rediss://` for TLS; `?prefix=` sets the key prefix, default `gwl:`): one
-  Lua script per admission (all its checks applied atomically, time from Redis), and one script call
-  settling every request that finished meanwhile, all pipelined: a request waits for one round trip.
+  Lua script per admission (all its checks applied atomically, time from Redis), pipelined with those
+  of concurrent requests: a request waits for one round trip; and one script call settling every
+  request that finished meanwhile, sent after the responses.
   Every call has a short timeout (`limits_timeout_ms`, 100 by default) behind a circuit breaker; a
   failure is raised as `LimitsUnavailable` and the caller applies the configured outage policy.
   Settlements that fail are kept and retried (up to `SETTLE_GIVE_UP_S`); leases lapse on their own.
