@@ -458,7 +458,10 @@ class Gateway:
             current = await asyncio.to_thread(self._watched)
             if current != seen:
                 seen = current
-                await self.reload()
+                try:
+                    await self.reload()
+                except Exception:  # whatever went wrong, the watcher lives on and the last good set stays
+                    log.exception("reload failed, keeping config %s and policies %s", self.live.config.hash, self.policies.version)
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
