@@ -16,7 +16,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import tokens
 from gateway.catalog import Catalog, ModelRoute
 from gateway.config.policies import Principal
 from gateway.errors import BadRequest, RateLimited, Unavailable
@@ -25,7 +24,7 @@ from gateway.limits.rules import MINUTE_MS, Check, Settlement, Verdict, nano_usd
 from gateway.limits.store import LimitStore, LimitsUnavailable
 from gateway.metrics import Metrics
 from gateway.pipeline.record import Record
-from gateway.pipeline.usage import prompt_tokens
+from gateway.pipeline.usage import load_encoding, prompt_tokens
 from gateway.providers.base import Operation
 from gateway.providers.shapes import token_cap
 
@@ -59,7 +58,6 @@ class Limiter:
         self._metrics = metrics
         self._rate_open = rate_limits_fail_open
         self._budget_open = budgets_fail_open
-        self._warm: set[str] = set()  # models whose tiktoken encoding is loaded
         self._unpriced_said: set[str] = set()
 
     async def admit(self, principal: Principal, op: Operation, body: dict[str, Any], route: ModelRoute, catalog: Catalog) -> Lease | None:
@@ -145,9 +143,7 @@ class Limiter:
     async def count(self, op: Operation, body: dict[str, Any], route: ModelRoute) -> int:
         """The request's prompt tokens, counted with tiktoken for the route's first deployment."""
         model = route.deployments[0].model
-        if model not in self._warm:  # loading an encoding takes ~0.5 s the first time: off the event loop
-            await asyncio.to_thread(tokens.encoding, model)
-            self._warm.add(model)
+        await load_encoding(model)
         return prompt_tokens(op, body, model)
 
     def _worst_cost(self, route: ModelRoute, catalog: Catalog, prompt: int, output: int) -> float:

@@ -8,6 +8,15 @@ from typing import Any
 from gateway import tokens
 from gateway.providers.base import Operation, Usage
 
+_loaded: set[str] = set()  # models whose tiktoken encoding this process has loaded
+
+
+async def load_encoding(model: str) -> None:
+    """Loading an encoding takes ~0.5 s and ~75 MB the first time: off the event loop, and only when needed."""
+    if model not in _loaded:
+        await asyncio.to_thread(tokens.encoding, model)
+        _loaded.add(model)
+
 
 def prompt_tokens(op: Operation, body: dict[str, Any], model: str) -> int:
     if op is Operation.CHAT:
@@ -17,7 +26,6 @@ def prompt_tokens(op: Operation, body: dict[str, Any], model: str) -> int:
 
 
 async def estimate(op: Operation, body: dict[str, Any], completion: str, model: str) -> Usage:
-    # loading an encoding takes ~0.5 s and ~75 MB the first time: off the event loop, and only when needed
-    await asyncio.to_thread(tokens.encoding, model)
+    await load_encoding(model)
     output = tokens.count_text(completion, model) if completion else 0
     return Usage(prompt_tokens(op, body, model), output, estimated=True)
