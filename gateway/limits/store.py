@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
 
@@ -46,6 +47,13 @@ class LimitStore(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(slots=True)
+class _Budget:
+    spent: int  # nano-USD
+    reserved: int
+    ends: float  # end of its period, ms
+
+
 class MemoryLimits:
     shared = False
 
@@ -53,7 +61,7 @@ class MemoryLimits:
         self._clock = clock
         self._tats: dict[str, float] = {}
         self._leases: dict[str, dict[str, float]] = {}
-        self._budgets: dict[str, list[float]] = {}  # full key -> [spent, reserved, period end]
+        self._budgets: dict[str, _Budget] = {}  # by full key (counter:period)
 
     def _now(self) -> float:
         return self._clock() * 1000
@@ -80,8 +88,9 @@ class MemoryLimits:
             else:
                 suffix, ends = rules.period(check.kind, now)
                 full = f"{check.key}:{suffix}"
-                spent, reserved, _ = self._budgets.get(full, (0, 0, ends))
-                if not rules.fits(int(spent), int(reserved), check.limit, check.amount):
+                budget = self._budgets.get(full)
+                spent, reserved = (budget.spent, budget.reserved) if budget is not None else (0, 0)
+                if not rules.fits(spent, reserved, check.limit, check.amount):
                     return Verdict(False, i, ends - now, ())
                 plans.append((full, ends))
         periods = []
@@ -94,13 +103,13 @@ class MemoryLimits:
                 full, ends = plan
                 if full not in self._budgets:
                     self._forget_old_periods(now)
-                    self._budgets[full] = [0, 0, ends]
-                self._budgets[full][1] += check.amount
+                    self._budgets[full] = _Budget(0, 0, ends)
+                self._budgets[full].reserved += check.amount
                 periods.append(full)
         return Verdict(True, -1, 0.0, tuple(periods))
 
     def _forget_old_periods(self, now: float) -> None:
-        for full in [k for k, (_, _, ends) in self._budgets.items() if ends + rules.DAY_MS < now]:
+        for full in [k for k, b in self._budgets.items() if b.ends + rules.DAY_MS < now]:
             del self._budgets[full]
 
     def settle(self, settlements: list[Settlement]) -> None:
@@ -110,12 +119,12 @@ class MemoryLimits:
                 self._tats[s.key] = rules.regcra(self._tats.get(s.key, 0.0), now, s.a, s.b, s.c)
             elif s.kind == "conc":
                 self._leases.get(s.key, {}).pop(s.lease, None)
-            elif (entry := self._budgets.get(s.key)) is not None:
-                entry[0], entry[1] = rules.settle(int(entry[0]), int(entry[1]), s.a, s.b)
+            elif (budget := self._budgets.get(s.key)) is not None:
+                budget.spent, budget.reserved = rules.settle(budget.spent, budget.reserved, s.a, s.b)
 
     def spent(self, full_key: str) -> tuple[int, int]:
-        spent, reserved, _ = self._budgets.get(full_key, (0, 0, 0))
-        return int(spent), int(reserved)
+        budget = self._budgets.get(full_key)
+        return (budget.spent, budget.reserved) if budget is not None else (0, 0)
 
     async def close(self) -> None:
         return None
