@@ -4,11 +4,19 @@ With several worker processes the supervisor sets PROMETHEUS_MULTIPROC_DIR befor
 imports prometheus_client, so each worker writes its values to shared files and `/metrics`
 aggregates all of them. Labels are closed sets: configured model names (anything else collapses to
 "other") and status codes; never keys or users.
+
+A finished request's observations are tallied in plain integers (`_Tally`, per model, status and
+cache result) and added to the instruments in one step per series when `/metrics` is scraped and
+at most `FLUSH_S` after a request: prometheus-client takes a lock and checks its state for every
+single `inc` and `observe`, ~1.3 us each, and a request makes seven of them (~9% of a cache hit).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -33,6 +41,7 @@ UPSTREAM_ERRORS = frozenset(
     }
 )  # fmt: skip
 TraceTotals = Callable[[], tuple[dict[str, Any], tuple[int, int]]]
+FLUSH_S = 0.05  # the longest a request's observations wait before the instruments (and other workers) see them
 
 
 class _Children(NamedTuple):
@@ -43,6 +52,34 @@ class _Children(NamedTuple):
     output_tokens: Counter
     cached_tokens: Counter
     cost: Counter
+
+
+class _Tally:
+    """What requests of one (model, status, cache result) did since the last flush."""
+
+    __slots__ = ("cost", "duration", "duration_sum", "requests", "tokens", "ttft", "ttft_sum")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.duration = [0] * (len(DURATION_BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.duration_sum = 0.0
+        self.ttft = [0] * (len(TTFT_BUCKETS) + 1)
+        self.ttft_sum = 0.0
+        self.tokens = [0, 0, 0]  # input, output, cached input
+        self.cost = 0.0
+
+
+def _add(histogram: Histogram, counts: list[int], total: float) -> None:
+    """Add tallied observations to a (labelled) histogram, one step per bucket that got any.
+
+    prometheus-client only observes one value at a time; this writes to the same per-bucket values
+    (`_buckets`, non-cumulative, and `_sum`, as `Histogram.observe` does), so the exposition, and
+    the multiprocess files with --workers, are exactly what observing each value would have made."""
+    if any(counts):
+        histogram._sum.inc(total)
+        for bucket, n in zip(histogram._buckets, counts, strict=True):
+            if n:
+                bucket.inc(n)
 
 
 class Metrics:
@@ -73,8 +110,11 @@ class Metrics:
             "gateway_embeddings_batch_inputs", "Inputs per upstream embeddings call", buckets=BATCH_BUCKETS, registry=reg
         )
         self._cache_children: dict[tuple[str, str], Counter] = {}
-
         self._children: dict[tuple[str, int], _Children] = {}
+        self._tallies: dict[tuple[str, int, str], _Tally] = {}
+        self._overhead = [0] * (len(OVERHEAD_BUCKETS) + 1)
+        self._overhead_sum = 0.0
+        self._flush_timer: asyncio.TimerHandle | None = None
         self.cost = Counter("gateway_cost_usd_total", "Cost of requests in USD, by model", ["model"], registry=reg)
         self.rate_limited = Counter(
             "gateway_rate_limit_rejections_total", "Requests rejected by a rate limit, by reason", ["reason"], registry=reg
@@ -122,31 +162,64 @@ class Metrics:
         self.in_flight.set(count)
 
     def observe(self, record: Record) -> None:
-        """Everything about a finished request (once per request)."""
-        c = self._for(record.model, record.status)
-        c.requests.inc()
-        c.duration.observe(record.duration_s)
-        overhead = record.overhead_s if record.overhead_s is not None else record.duration_s - record.upstream_s
-        self.overhead.observe(max(0.0, overhead))
+        """Everything about a finished request (once per request), tallied until the next flush."""
+        model = record.model if record.model in self.models else "other"
+        key = (model, record.status, record.cache)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = _Tally()
+        tally.requests += 1
+        duration = record.duration_s
+        tally.duration[bisect_left(DURATION_BUCKETS, duration)] += 1
+        tally.duration_sum += duration
+        overhead = max(0.0, record.overhead_s if record.overhead_s is not None else duration - record.upstream_s)
+        self._overhead[bisect_left(OVERHEAD_BUCKETS, overhead)] += 1
+        self._overhead_sum += overhead
         if record.ttft_s is not None:
-            c.ttft.observe(record.ttft_s)
-        if record.usage is not None:
-            c.input_tokens.inc(record.usage.prompt_tokens)
-            c.output_tokens.inc(record.usage.completion_tokens)
-            if record.usage.cached_tokens:
-                c.cached_tokens.inc(record.usage.cached_tokens)
+            tally.ttft[bisect_left(TTFT_BUCKETS, record.ttft_s)] += 1
+            tally.ttft_sum += record.ttft_s
+        usage = record.usage
+        if usage is not None:
+            tokens = tally.tokens
+            tokens[0] += usage.prompt_tokens
+            tokens[1] += usage.completion_tokens
+            tokens[2] += usage.cached_tokens or 0
         if record.cost_usd:
-            c.cost.inc(record.cost_usd)
+            tally.cost += record.cost_usd
         for attempt in record.attempts:
             if attempt.error_type is not None:
                 self._upstream_error(attempt.target, attempt.error_type)
         if not record.attempts and record.error_type is not None and record.target is not None and record.status >= 500:
             self._upstream_error(record.target, record.error_type)
-        cache_key = (self.model_label(record.model), record.cache)
-        cache = self._cache_children.get(cache_key)
-        if cache is None:
-            cache = self._cache_children[cache_key] = self.cache_results.labels(*cache_key)
-        cache.inc()
+        if self._flush_timer is None:
+            with contextlib.suppress(RuntimeError):  # no running loop (a test calling this directly): flushed when scraped
+                self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        """Add the tallies to the instruments."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        tallies, self._tallies = self._tallies, {}
+        for (model, status, cache), t in tallies.items():
+            c = self._for(model, status)
+            c.requests.inc(t.requests)
+            _add(c.duration, t.duration, t.duration_sum)
+            _add(c.ttft, t.ttft, t.ttft_sum)
+            for counter, n in zip((c.input_tokens, c.output_tokens, c.cached_tokens), t.tokens, strict=True):
+                if n:
+                    counter.inc(n)
+            if t.cost:
+                c.cost.inc(t.cost)
+            cache_key = (model, cache)
+            child = self._cache_children.get(cache_key)
+            if child is None:
+                child = self._cache_children[cache_key] = self.cache_results.labels(*cache_key)
+            child.inc(t.requests)
+        if any(self._overhead):
+            _add(self.overhead, self._overhead, self._overhead_sum)
+            self._overhead = [0] * len(self._overhead)
+            self._overhead_sum = 0.0
 
     def _upstream_error(self, target: str, error_type: str) -> None:
         self.upstream_errors.labels(target.partition("/")[0], error_type if error_type in UPSTREAM_ERRORS else "other").inc()
@@ -156,6 +229,7 @@ class Metrics:
         self.batch_inputs.observe(inputs)
 
     def render(self) -> bytes:
+        self.flush()
         return generate_latest(self.registry)
 
 
