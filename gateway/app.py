@@ -38,7 +38,7 @@ from gateway.limits.store import open_limits
 from gateway.metrics import Metrics
 from gateway.pipeline import dispatch
 from gateway.pipeline.auth import authenticate, require_admin, require_tools
-from gateway.pipeline.body import read_json, validate
+from gateway.pipeline.body import parse_json, read_body, validate
 from gateway.pipeline.limit import Limiter
 from gateway.pipeline.record import Record
 from gateway.pipeline.reuse import Reuse
@@ -243,10 +243,10 @@ class Gateway:
         tracecontext.start(record, headers.get("traceparent"))
         return record
 
-    def _answered(self, record: Record, reply: Reply) -> None:
+    def _answered(self, record: Record, reply: Reply, content: bytes) -> None:
         record.response_id, record.response_model = reply.data.get("id"), reply.data.get("model")
         if record.capture == "full":
-            record.response_body = reply.data
+            record.response_json = content.decode()
 
     def _stream_done(self, record: Record, state: StreamState) -> None:
         record.response_id, record.response_model = state.response_id, state.response_model
@@ -262,16 +262,22 @@ class Gateway:
         principal = authenticate(headers, policies)
         record.key_name, record.team, record.policy_version = principal.key_name, principal.team, policies.version
         record.capture = principal.capture or self.capture
-        body = await read_json(request, self.max_body, headers.get("content-length"))
+        raw = await read_body(request, self.max_body, headers.get("content-length"))
+        body = parse_json(raw)
+        as_sent = True  # is the body still the client's (for the trace to keep its text)?
         if referenced(body):
             body = self._apply_prompt(body, principal, op, record)
+            as_sent = False
         record.model = validate(body, op.value)
         if principal.tools is not None and body.get("tools"):
             require_tools(body["tools"], principal.tools)
         guard = principal.guard
         if guard is not None:  # deny rules, then redaction: before the body is cached, traced or sent
             record.redacted = guard.screen(body) or None
+            as_sent = as_sent and record.redacted is None
         record.request_body = body
+        if as_sent and record.capture == "full":
+            record.request_json = raw.decode()
         route = self._admit(principal, record.model, live.catalog)
         if guard is not None and guard.max_request_tokens is not None:
             counted = await self.limiter.count(op, body, route)
@@ -319,7 +325,7 @@ class Gateway:
                 streaming = True
                 return SSEResponse(stream.relay(closing, lambda: self._stream_done(record, stream.state)), headers, self.keepalive_s)
             deployment, (content, reply) = await live.attempts.serve(op, body, route, record, streaming=False)
-            self._answered(record, reply)
+            self._answered(record, reply, content)
             headers = self._headers(rid, record)
             if reply.usage is not None and reply.usage.estimated:
                 headers["x-gateway-usage"] = "estimated"

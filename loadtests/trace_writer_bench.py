@@ -62,7 +62,7 @@ def record(i: int, capture: str) -> Record:
         "max_tokens": 256,
         "temperature": 0.2,
     }
-    r.response_body = {
+    response = {
         "id": "chatcmpl-mock",
         "object": "chat.completion",
         "created": 1700000000,
@@ -76,10 +76,10 @@ def record(i: int, capture: str) -> Record:
         ],
         "usage": {"prompt_tokens": 31, "completion_tokens": 9, "total_tokens": 40},
     }
-    if capture == "none":
-        r.request_body = {"temperature": 0.2, "max_tokens": 256}  # what the sink sends for "none"
-    if capture != "full":
-        r.response_body = None
+    if capture == "full":  # the texts as the client sent and received them; the body's parameters beside
+        r.request_json, r.response_json = orjson.dumps(r.request_body).decode(), orjson.dumps(response).decode()
+    if capture != "metadata":
+        r.request_body = {"temperature": 0.2, "max_tokens": 256}  # what the sink sends unless "metadata"
     return r
 
 

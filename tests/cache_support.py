@@ -30,6 +30,7 @@ sha256 = "{sha(KEYS["beta"])}"
 [[keys]]
 name = "gamma-app"
 team = "gamma"
+admin = true  # also reads traces (tests.traceutil)
 sha256 = "{sha(KEYS["admin"])}"
 """
 

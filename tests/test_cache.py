@@ -19,6 +19,7 @@ from gateway.providers.base import Operation, Usage
 from tests.cache_support import POLICY, async_client, client, config
 from tests.conftest import KEYS, GatewayFactory, GatewayProcess
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
+from tests.traceutil import trace
 
 # ---------------------------------------------------------------------------------------------- keys
 
@@ -192,8 +193,9 @@ FINAL: dict[str, Any] = {
 
 def test_a_replayed_stream_folds_back_into_the_same_answer() -> None:
     value = entry.encode(FINAL, Usage(12, 3), priced=True)
-    usage, priced, body = entry.decode(value)
+    usage, priced, body, response_id, response_model = entry.decode(value)
     assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, priced) == (12, 3, 12, True)
+    assert (response_id, response_model) == (FINAL["id"], FINAL["model"])
     assembler = entry.Assembler()
     events = entry.replay(body, include_usage=True)
     assert events[-1] == b"data: [DONE]\n\n"
@@ -262,6 +264,14 @@ def test_a_repeated_request_is_answered_from_the_cache(gw: GatewayProcess, fake:
     assert b.usage.prompt_tokens_details.cached_tokens == a.usage.prompt_tokens
     assert b.usage.model_extra["cost_usd"] == 0.0
     assert float(first.headers["x-gateway-cost-usd"]) > 0 and float(second.headers["x-gateway-cost-usd"]) == 0.0
+    record = trace(gw, second.headers["x-request-id"])  # the hit's trace: the request as sent, the answer as served
+    assert (record["cache"], record["response_id"], record["cached_tokens"]) == ("hit", a.id, a.usage.prompt_tokens)
+    assert (record["request"]["user"], record["request"]["metadata"], record["request"]["messages"][0]["content"]) == (
+        "u2",
+        {"x": "y"},
+        text,
+    )
+    assert record["response"]["choices"][0]["message"]["content"] == "echo: " + text and record["response"]["usage"]["cost_usd"] == 0.0
 
 
 def test_two_teams_never_share_an_entry(gw: GatewayProcess, fake: FakeOpenAI) -> None:

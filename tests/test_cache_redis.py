@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from gateway.cache import entry
 from gateway.cache.store import CacheUnavailable, MemoryStore, RedisStore, Store, open_store
 from tests.cache_support import POLICY, client, config
 from tests.conftest import GatewayFactory, RedisServer, free_port, need_redis
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.traceutil import metrics, value, wait_for
 
 SHARED = "redis://127.0.0.1:6379/14"
 
@@ -90,6 +92,41 @@ def test_replicas_share_the_redis_cache(gateway_factory: GatewayFactory, fake: F
     assert (first.headers["x-gateway-cache"], second.headers["x-gateway-cache"]) == ("miss", "hit")
     assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
     assert len(fake.requests) == 1
+
+
+def test_a_damaged_or_older_entry_is_answered_as_a_miss(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:
+    """Whatever the bytes under a key (an entry of an older format, garbage), a hit never fails a
+    request: it is answered upstream, counted as a decode error, and the entry is written afresh."""
+    need_redis()
+    import redis
+
+    p = prefix()
+    gw = gateway_factory(config(fake.base_url, state_cache=f"{SHARED}?prefix={p}"), {"p.toml": POLICY})
+    messages = [{"role": "user", "content": "damaged " + uuid.uuid4().hex}]
+    assert client(gw).chat.completions.with_raw_response.create(model="cached", messages=messages).headers["x-gateway-cache"] == "miss"
+    raw = redis.Redis.from_url(SHARED)
+    try:
+        (key,) = raw.keys(p + "*")
+        good = raw.get(key)
+        assert good is not None
+        for bad in (b"3 5 0\n" + good.partition(b"\n")[2], b'["x", 1, 0, null, null]\n{}', b"\xff\x00garbage"):
+            raw.set(key, bad, ex=60)
+            reply = client(gw).chat.completions.with_raw_response.create(model="cached", messages=messages)
+            assert reply.headers["x-gateway-cache"] == "miss"
+            assert reply.parse().choices[0].message.content == "echo: " + messages[0]["content"]
+            wait_for(lambda: _entry(raw.get(key)), what="the entry written afresh")
+        assert client(gw).chat.completions.with_raw_response.create(model="cached", messages=messages).headers["x-gateway-cache"] == "hit"
+    finally:
+        raw.close()
+    assert len(fake.requests) == 4
+    assert value(metrics(gw), "gateway_cache_errors_total", operation="decode") == 3
+
+
+def _entry(value: bytes | None) -> bool:
+    try:
+        return value is not None and entry.decode(value).response_id is not None
+    except ValueError:
+        return False
 
 
 def test_requests_still_succeed_when_redis_stops_mid_run(gateway_factory: GatewayFactory, fake: FakeOpenAI, own_redis: RedisServer) -> None:

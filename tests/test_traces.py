@@ -75,8 +75,9 @@ def test_spans_of_a_retried_request() -> None:
         "started_at": 1000.0, "duration_s": 0.5, "model": "gpt", "target": "p2/up-b", "status": 200, "team": "t",
         "finish_reason": "stop", "response_id": "resp-1", "response_model": "up-b-2025", "capture": "full",
         "usage": {"prompt_tokens": 3, "completion_tokens": 4, "cached_tokens": 0},
-        "request_body": {"model": "gpt", "messages": [{"role": "user", "content": "hi sk-abcdefghijklmnopqrstuvwx"}], "temperature": 0.1},
-        "response_body": {"choices": [{"message": {"role": "assistant", "content": "yo"}, "finish_reason": "stop"}]},
+        "request_body": {"temperature": 0.1},  # as the sink sends it when the text is there
+        "request_json": '{"model": "gpt", "messages": [{"role": "user", "content": "hi sk-abcdefghijklmnopqrstuvwx"}], "temperature": 0.1}',
+        "response_json": '{"choices": [{"message": {"role": "assistant", "content": "yo"}, "finish_reason": "stop"}]}',
         "attempts": [
             {"target": "p1/up-a", "model": "gpt", "started_s": 0.01, "latency_s": 0.1, "status": 502, "error_type": "upstream_server_error",
              "server_address": "10.0.0.1:8443"},
@@ -98,6 +99,8 @@ def test_spans_of_a_retried_request() -> None:
     assert attrs[2]["gen_ai.provider.name"].string_value == "anthropic" and attrs[2]["server.address"].string_value == "b.example"
     assert attrs[2]["gen_ai.response.id"].string_value == "resp-1" and attrs[2]["gateway.attempt"].int_value == 2
     assert "sk-abcdefghijklmnopqrstuvwx" not in attrs[2]["gen_ai.input.messages"].string_value
+    assert "hi [REDACTED]" in attrs[2]["gen_ai.input.messages"].string_value  # read from the request's text
+    assert '"content":"yo"' in attrs[2]["gen_ai.output.messages"].string_value
     assert attrs[0]["gen_ai.request.temperature"].double_value == 0.1 and attrs[0]["gen_ai.usage.output_tokens"].int_value == 4
     assert server.status.code == 0 and "gen_ai.input.messages" not in attrs[0]
 

@@ -6,13 +6,13 @@ cached, and `cost_usd` 0.0 where the original carried a cost. A non-streaming hi
 as they are; a streaming hit is a short SSE stream synthesised from them (`replay`). A streamed
 miss is turned into the same object by `Assembler`, which folds the chunks as they pass.
 
-Stored value: one header line `"<prompt_tokens> <completion_tokens> <priced 0|1>\n"` (so a hit
-needs no JSON parse for its record), then the object's JSON.
+Stored value: one header line, the JSON array `[prompt_tokens, completion_tokens, priced (0|1), id,
+model]` (so a hit fills its record from a few bytes, never parsing the answer), then the object's JSON.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -20,21 +20,30 @@ from gateway.providers.base import Usage
 from gateway.sse import DONE, SSEDecoder, frame
 
 
+class Entry(NamedTuple):
+    usage: Usage  # as a hit reports it: every prompt token cached
+    priced: bool  # whether the original answer was priced
+    body: bytes  # the JSON reply body
+    response_id: str | None
+    response_model: str | None
+
+
 def encode(data: dict[str, Any], usage: Usage, priced: bool) -> bytes:
     hit = Usage(usage.prompt_tokens, usage.completion_tokens, cached_tokens=usage.prompt_tokens).as_openai()
     if priced:
         hit["cost_usd"] = 0.0
-    header = b"%d %d %d\n" % (usage.prompt_tokens, usage.completion_tokens, priced)
-    return header + orjson.dumps({**data, "usage": hit})
+    header = orjson.dumps([usage.prompt_tokens, usage.completion_tokens, int(priced), data.get("id"), data.get("model")])
+    return header + b"\n" + orjson.dumps({**data, "usage": hit})
 
 
-def decode(value: bytes) -> tuple[Usage, bool, bytes]:
-    """The usage a hit reports, whether the answer was priced, and the JSON reply body.
-
-    Raises ValueError on a damaged value."""
+def decode(value: bytes) -> Entry:
+    """Raises ValueError on a damaged value."""
     header, _, body = value.partition(b"\n")
-    prompt, completion, priced = (int(n) for n in header.split())
-    return Usage(prompt, completion, cached_tokens=prompt), bool(priced), body
+    fields = orjson.loads(header)
+    if not isinstance(fields, list) or len(fields) != 5 or not all(type(n) is int for n in fields[:3]):
+        raise ValueError("not a cache entry")
+    prompt, completion, priced, response_id, response_model = fields
+    return Entry(Usage(prompt, completion, cached_tokens=prompt), bool(priced), body, response_id, response_model)
 
 
 def replay(body: bytes, include_usage: bool) -> list[bytes]:

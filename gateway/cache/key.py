@@ -22,7 +22,7 @@ import orjson
 
 from gateway.providers.base import Operation
 
-VERSION = "1"  # bump when the stored entry format changes: old entries are then never read
+VERSION = "2"  # bump when the stored entry format changes: old entries are then never read
 IGNORED = frozenset({"model", "stream", "stream_options", "user", "metadata", "store"})
 FLOATS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 

@@ -42,7 +42,11 @@ async def read_body(request: Request, limit: int, declared: str | None = None) -
 
 
 async def read_json(request: Request, limit: int, declared: str | None = None) -> dict[str, Any]:
-    raw = await read_body(request, limit, declared)
+    return parse_json(await read_body(request, limit, declared))
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a 400 saying what is wrong with it."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

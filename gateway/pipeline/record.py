@@ -59,8 +59,11 @@ class Record:
     response_id: str | None = None
     response_model: str | None = None
     capture: str = "none"  # content capture for this request: none | metadata | full
-    request_body: dict[str, Any] | None = None  # the parsed body (parameters only, once handed over, for "none")
-    response_body: dict[str, Any] | None = None  # "full" only: the complete answer, in OpenAI's format
+    request_body: dict[str, Any] | None = None  # the parsed body (parameters only, once handed over, unless "metadata")
+    # "full" only: the body's JSON text as the client sent it, when the gateway changed nothing in it
+    # (no prompt resolved, nothing redacted); the trace keeps it rather than re-serializing the body
+    request_json: str | None = None
+    response_json: str | None = None  # "full" only: the complete answer's JSON text, in OpenAI's format
     response_text: list[str] | None = None  # "full" only, streams: the relayed text
     redacted: dict[str, int] | None = None  # guardrail redactions by kind (the x-gateway-redacted header)
     lease: Any = None  # what the request holds against its limits (pipeline/limit.py), settled when it is over

@@ -102,14 +102,14 @@ def adopt(record: Record, source: Record, leader: bool) -> None:
         record.status, record.error_type = source.status, source.error_type
     record.response_id, record.response_model = source.response_id, source.response_model
     if record.capture == "full":
-        record.response_body = source.response_body
+        record.response_json = source.response_json
 
 
-def captured(record: Record, data: dict[str, Any]) -> None:
-    """What traces keep of an answer (see Record.capture)."""
+def captured(record: Record, data: dict[str, Any], content: bytes | None = None) -> None:
+    """What traces keep of an answer (see Record.capture); `content` is its JSON, if at hand."""
     record.response_id, record.response_model = data.get("id"), data.get("model")
     if record.capture == "full":
-        record.response_body = data
+        record.response_json = (content if content is not None else orjson.dumps(data)).decode()
 
 
 class Reuse:
@@ -202,16 +202,17 @@ class Reuse:
         self, value: bytes, body: dict[str, Any], stream: bool, record: Record, headers: Headers, finish: Callable[[], None]
     ) -> Response | None:
         try:
-            usage, priced, content = entry.decode(value)
-            events = entry.replay(content, _include_usage(body)) if stream else []
+            found = entry.decode(value)
+            events = entry.replay(found.body, _include_usage(body)) if stream else []
         except ValueError:  # a damaged entry (orjson's error is a ValueError too): answer as a miss
             self.metrics.cache_errors.labels("decode").inc()
             return None
-        record.cache, record.usage, record.cost_usd, record.priced = "hit", usage, 0.0, priced
-        if record.capture != "none":
-            captured(record, orjson.loads(content))
+        record.cache, record.usage, record.cost_usd, record.priced = "hit", found.usage, 0.0, found.priced
+        record.response_id, record.response_model = found.response_id, found.response_model
+        if record.capture == "full":
+            record.response_json = found.body.decode()
         if not stream:
-            return self._json((content, None), record, headers)
+            return self._json((found.body, None), record, headers)
         record.ttft_s = time.perf_counter() - record.t0
         out = headers()
         out["x-gateway-cache"] = "hit"
@@ -245,9 +246,9 @@ class Reuse:
     # the shared call -------------------------------------------------------------------------
     async def _work(self, upstream: Upstream, key: str, ttl_s: int, flight: Flight[Answer]) -> None:
         answer = await upstream.complete()
-        reply, record = answer[1], upstream.record
+        content, reply, record = answer[0], answer[1], upstream.record
         if reply is not None:
-            captured(record, reply.data)
+            captured(record, reply.data, content)
         flight.finish(answer)
         if ttl_s and reply is not None and record.usage is not None:
             await self._put(key, entry.encode(reply.data, record.usage, record.priced), ttl_s)

@@ -92,7 +92,12 @@ def params(body: dict[str, Any] | None) -> dict[str, Any]:
 
 def to_json(value: Any, max_bytes: int) -> str:
     """Redacted JSON text of `value`, replaced by a truncation marker object when over `max_bytes`."""
-    text = redact(orjson.dumps(value).decode())
+    return clip(orjson.dumps(value).decode(), max_bytes)
+
+
+def clip(text: str, max_bytes: int) -> str:
+    """JSON text redacted, and replaced by a truncation marker object when over `max_bytes`."""
+    text = redact(text)
     size = len(text.encode())
     if size <= max_bytes:
         return text

@@ -17,11 +17,18 @@ def _content(entry: dict[str, Any], max_bytes: int) -> tuple[str | None, str | N
     mode = entry.get("capture", "none")
     body = entry.get("request_body")
     if mode == "full":
-        # the response body when there is one; the output message (of a stream) only when there is not
-        response = entry.get("response_body") or capture.output_message(None, entry.get("response_text"), entry.get("finish_reason"))
-        return (capture.to_json(body, max_bytes) if body is not None else None), (
-            capture.to_json(response, max_bytes) if response is not None else None
-        )
+        # the request's text as sent, else its (changed) body; the response's text, else the output
+        # message of a stream
+        request_text, response_text = entry.get("request_json"), entry.get("response_json")
+        request: str | None
+        if request_text is not None:
+            request = capture.clip(request_text, max_bytes)
+        else:
+            request = capture.to_json(body, max_bytes) if body is not None else None
+        if response_text is not None:
+            return request, capture.clip(response_text, max_bytes)
+        output = capture.output_message(None, entry.get("response_text"), entry.get("finish_reason"))
+        return request, (capture.to_json(output, max_bytes) if output is not None else None)
     if mode == "metadata" and body is not None:
         return capture.to_json(capture.request_metadata(body), max_bytes), None
     return None, None

@@ -113,8 +113,8 @@ class TraceSink:
             self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._flush)
             return
         batch, self._pending = self._pending, deque()
-        for record in batch:
-            if record.capture == "none" and record.request_body is not None:
+        for record in batch:  # the body goes whole only where the writer needs it: "metadata", or "full" without its text
+            if record.request_body is not None and (record.capture == "none" or record.request_json is not None):
                 record.request_body = capture.params(record.request_body)
         message = {"records": list(batch), "dropped": self._dropped, "dropped_spans": self._dropped_spans}
         payload = orjson.dumps(message, default=_default)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from gateway.traces import capture
 from gateway.traces.context import child_span_id
 from gateway.traces.otlp import CLIENT, SERVER, Span, Value
@@ -172,9 +174,22 @@ def _client(
 
 
 def _content(entry: dict[str, Any], max_bytes: int) -> dict[str, Value | None]:
-    messages = capture.input_messages(entry["operation"], entry.get("request_body"))
-    output = capture.output_message(entry.get("response_body"), entry.get("response_text"), entry.get("finish_reason"))
+    request, response = entry.get("request_json"), entry.get("response_json")
+    body = _parsed(request) if request is not None else entry.get("request_body")
+    messages = capture.input_messages(entry["operation"], body)
+    output = capture.output_message(
+        _parsed(response) if response is not None else None, entry.get("response_text"), entry.get("finish_reason")
+    )
     return {
         "gen_ai.input.messages": capture.to_json(capture.semconv_messages(messages), max_bytes) if messages else None,
         "gen_ai.output.messages": capture.to_json(capture.semconv_messages([output]), max_bytes) if output else None,
     }
+
+
+def _parsed(text: str) -> dict[str, Any] | None:
+    """A body the record carries as JSON text (it was valid JSON when the gateway read or sent it)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
