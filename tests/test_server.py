@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import KEYS, GatewayFactory
+from tests.traceutil import wait_for
 
 MOCK_ONLY = """
 [server]
@@ -112,7 +113,12 @@ def test_workers_share_the_port_and_metrics(gateway_factory: GatewayFactory) -> 
             )
             assert r.status_code == 200
     assert c.models.list().data[0].id == "demo-echo"
-    text = httpx.get(gw.url + "/metrics").text
-    counts = [float(v) for v in re.findall(r'^gateway_requests_total\{model="demo-echo",status="200"\} (\S+)$', text, re.M)]
-    assert sum(counts) == 40, text[:2000]
+
+    def total() -> float:  # each worker adds its requests to the shared files within metrics.FLUSH_S
+        text = httpx.get(gw.url + "/metrics").text
+        return sum(float(v) for v in re.findall(r'^gateway_requests_total\{model="demo-echo",status="200"\} (\S+)$', text, re.M))
+
+    wait_for(lambda: total() == 40, timeout=5, what="40 requests counted")
+    time.sleep(0.2)
+    assert total() == 40
     assert gw.stop() == 0
