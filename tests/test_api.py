@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -23,12 +25,23 @@ def test_chat_completion(gateway: GatewayProcess, fake: FakeOpenAI) -> None:
     assert reply.usage is not None and reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens > 0
     assert raw.headers["x-gateway-target"] == "fake/gpt-4o-mini-upstream"
     assert float(raw.headers["x-gateway-overhead-ms"]) >= 0
-    assert len(raw.headers["x-request-id"]) == 32
+    rid = raw.headers["x-request-id"]
+    assert len(rid) == 32 and int(rid, 16) >= 0
+    assert abs(int(rid[:12], 16) / 1000 - time.time()) < 60  # ms since the epoch first: ids sort by time
     sent = fake.requests[-1]
     assert sent.path == "/v1/chat/completions"
     assert sent.json["model"] == "gpt-4o-mini-upstream"  # per-target name mapping
     assert sent.json["temperature"] == 0.3
     assert sent.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"  # the provider's key, not the caller's
+
+
+def test_request_ids_sort_by_time_and_do_not_repeat(gateway: GatewayProcess) -> None:
+    ids = []
+    for _ in range(20):
+        raw = client(gateway).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        ids.append(raw.headers["x-request-id"])
+    assert len(set(ids)) == 20
+    assert [i[:12] for i in ids] == sorted(i[:12] for i in ids)
 
 
 def test_client_request_id_is_kept(gateway: GatewayProcess) -> None:

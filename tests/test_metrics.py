@@ -5,11 +5,16 @@ from __future__ import annotations
 import threading
 
 import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.metrics import DURATION_BUCKETS, TTFT_BUCKETS
+from gateway.metrics import DURATION_BUCKETS, OVERHEAD_BUCKETS, TTFT_BUCKETS, Metrics
+from gateway.pipeline.record import Record
+from gateway.providers.base import Usage
 from tests.conftest import KEYS, GatewayFactory
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
-from tests.traceutil import client, metrics, traces_config, value, wait_for
+from tests.traceutil import client, metrics, parse_metrics, traces_config, value, wait_for
 
 PRICED = """
 [models."gpt-priced"]
@@ -100,3 +105,61 @@ def test_metrics_are_whole_with_several_workers(gateway_factory: GatewayFactory,
         assert value(m, "gateway_in_flight_requests") == 0
     assert gw.stop() == 0
     assert gw.log().count("trace writer done: 40 records received, 40 written") == 1  # one writer for both workers
+
+
+def _seconds(bounds: tuple[float, ...], top: float) -> st.SearchStrategy[float]:
+    return st.one_of(st.floats(0, top, allow_nan=False), st.sampled_from(bounds))  # a bucket's bound itself included
+
+
+_RECORDS = st.lists(
+    st.tuples(
+        st.sampled_from(["m", "n", "unknown-model"]),
+        st.sampled_from([200, 429, 502]),
+        st.sampled_from(["hit", "miss", "bypass"]),
+        _seconds(DURATION_BUCKETS, 100),
+        st.one_of(st.none(), _seconds(TTFT_BUCKETS, 12)),
+        _seconds(OVERHEAD_BUCKETS, 0.2),
+        st.one_of(st.none(), st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**6))),
+        st.floats(0, 5, allow_nan=False),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_RECORDS, st.integers(0, 30))
+def test_tallied_metrics_expose_what_observing_each_request_would(rows: list[tuple], scrape_at: int) -> None:  # type: ignore[type-arg]
+    """Requests are tallied and added to the instruments in steps: after any scrapes in between, the
+    exposition has each request in exactly the buckets, counts and sums it would have on its own."""
+    m = Metrics(frozenset({"m", "n"}))
+    for i, (model, status, cache, duration, ttft, overhead, usage, cost) in enumerate(rows):
+        if i == scrape_at:
+            m.render()
+        r = Record(f"r{i}", "chat", 0.0, 0.0, model=model, status=status, cache=cache, duration_s=duration, ttft_s=ttft)
+        r.overhead_s, r.cost_usd = overhead, cost
+        r.usage = Usage(*usage) if usage else None
+        m.observe(r)
+    got = parse_metrics(m.render().decode())
+    labels = {"m": "m", "n": "n", "unknown-model": "other"}
+    for label in ("m", "n", "other"):
+        mine = [row for row in rows if labels[row[0]] == label]
+        for status in (200, 429, 502):
+            n = sum(1 for row in mine if row[1] == status)
+            assert value(got, "gateway_requests_total", model=label, status=str(status)) == n
+        for cache in ("hit", "miss", "bypass"):
+            assert value(got, "gateway_cache_results_total", model=label, result=cache) == sum(1 for row in mine if row[2] == cache)
+        for name, index, bounds in (
+            ("gateway_request_duration_seconds", 3, DURATION_BUCKETS),
+            ("gateway_time_to_first_token_seconds", 4, TTFT_BUCKETS),
+        ):
+            seen = [row[index] for row in mine if row[index] is not None]
+            for bound in bounds:
+                assert value(got, name + "_bucket", model=label, le=repr(float(bound))) == sum(1 for v in seen if v <= bound)
+            assert value(got, name + "_count", model=label) == len(seen)
+            assert value(got, name + "_sum", model=label) == pytest.approx(sum(seen), rel=1e-9, abs=1e-9)
+        for kind, index in (("input", 0), ("output", 1), ("cached_input", 2)):
+            assert value(got, "gateway_tokens_total", model=label, type=kind) == sum(row[6][index] for row in mine if row[6])
+        assert value(got, "gateway_cost_usd_total", model=label) == pytest.approx(sum(row[7] for row in mine), rel=1e-9, abs=1e-9)
+    for bound in OVERHEAD_BUCKETS:
+        assert value(got, "gateway_overhead_seconds_bucket", le=repr(float(bound))) == sum(1 for row in rows if row[5] <= bound)
+    assert value(got, "gateway_overhead_seconds_count") == len(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import socket
@@ -12,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.server import COALESCE_MAX, CoalescingTransport
 from tests.conftest import KEYS, GatewayFactory
 from tests.traceutil import wait_for
 
@@ -122,3 +124,79 @@ def test_workers_share_the_port_and_metrics(gateway_factory: GatewayFactory) -> 
     time.sleep(0.2)
     assert total() == 40
     assert gw.stop() == 0
+
+
+class _Recording(asyncio.Transport):
+    """A transport that keeps what reaches it (the socket side of a `CoalescingTransport`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 4242) if name == "peername" else default
+
+
+async def test_writes_in_one_loop_iteration_leave_as_one() -> None:
+    loop = asyncio.get_running_loop()
+    sock = _Recording()
+    corked = CoalescingTransport(sock, loop)
+    corked.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+    corked.write(b"body")
+    assert sock.writes == []
+    await asyncio.sleep(0)
+    assert sock.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody"]
+    big = b"x" * (COALESCE_MAX + 1)
+    corked.write(b"head")
+    corked.write(big)  # what is held goes first, then the large write as it is
+    assert sock.writes[1:] == [b"head", big]
+    await asyncio.sleep(0)
+    assert len(sock.writes) == 3
+    corked.write(b"last words")
+    corked.close()  # held bytes are sent before the close
+    assert sock.writes[-1] == b"last words" and sock.closed
+    await asyncio.sleep(0)
+    assert len(sock.writes) == 4  # and not again by the pending flush
+    assert corked.get_extra_info("peername") == ("127.0.0.1", 4242)
+    dropped = _Recording()
+    aborted = CoalescingTransport(dropped, loop)
+    aborted.write(b"never sent")
+    aborted.abort()
+    await asyncio.sleep(0)
+    assert dropped.writes == [] and dropped.aborted
+
+
+def test_pipelined_requests_and_connection_close_get_whole_responses(gateway_factory: GatewayFactory) -> None:
+    """On a real socket: two pipelined requests, the second asking to close: both answers arrive
+    whole and in order, and the connection closes only after the last byte."""
+    gw = gateway_factory(MOCK_ONLY.format(server="", delay=0))
+    body = b'{"model":"demo-echo","messages":[{"role":"user","content":"pipelined"}]}'
+
+    def request(extra: bytes = b"") -> bytes:
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEYS['alpha']}\r\n"
+        return head.encode() + b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body) + extra + b"\r\n" + body
+
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as conn:
+        conn.sendall(request() + request(b"connection: close\r\n"))
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    answers = received.split(b"HTTP/1.1 200 OK\r\n")
+    assert answers[0] == b"" and len(answers) == 3
+    for answer in answers[1:]:
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        assert len(rest) == length and b'"content":"pipelined"' in rest

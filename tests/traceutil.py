@@ -52,7 +52,10 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 
 
 def metrics(gw: GatewayProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    return parse_metrics(httpx.get(gw.url + "/metrics", timeout=10).text)
+
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     out = {}
     for line in text.splitlines():
         match = _SAMPLE.match(line)
