@@ -13,43 +13,10 @@ PY=${PY:-python3}; rounds=5; secs=8
 while [ $# -gt 0 ]; do case $1 in
   --python) PY=$2; shift 2;; --rounds) rounds=$2; shift 2;; --seconds) secs=$2; shift 2;;
   *) echo "unknown arg $1" >&2; exit 2;; esac; done
-work=$(mktemp -d /tmp/hit-cpu.XXXX); pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"; }
-trap cleanup EXIT
-key="sk-bench-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-sha=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
-mkdir -p "$work/policies"
-cat > "$work/gateway.toml" <<TOML
-[server]
-host = "127.0.0.1"
-port = 18501
-[state]
-traces = "sqlite:///$work/traces.db"
-[providers.demo]
-kind = "mock"
-[models."gpt-4o-mini"]
-targets = [{ provider = "demo", model = "echo" }]
-cache = "all"
-[policies]
-dir = "policies"
-TOML
-cat > "$work/policies/bench.toml" <<TOML
-[teams.bench]
-models = ["*"]
-[[keys]]
-name = "bench"
-team = "bench"
-sha256 = "$sha"
-TOML
-(exec taskset -c 1 "$PY" -m gateway serve --config "$work/gateway.toml" > "$work/gateway.log" 2>&1) & pid=$!
-body=$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$bench/chat.lua")
-url=http://127.0.0.1:18501/v1/chat/completions
-prime() { curl -s -D - -o /dev/null -XPOST -H "Authorization: Bearer $key" -H 'content-type: application/json' -d "$body" "$url" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-gateway-cache"{print $2}'; }
-for _ in $(seq 1 100); do r=$(prime || true); [ -n "$r" ] && break; sleep 0.2; done
-[ "$(prime)" = "hit" ] || { echo "priming failed: not a hit" >&2; tail -20 "$work/gateway.log" >&2; exit 1; }
+. "$here/hit_gateway.sh"
+hit_gateway 18501 memory
 sed "s/sk-bench/$key/" "$bench/chat.lua" > "$work/chat.lua"
 writer=$(pgrep -f "gateway.traces.writer" -P "$pid" | head -1)
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 "$PY" - "$pid" "$writer" "$hz" "$rounds" "$secs" "$work/chat.lua" "$url" <<'PYEOF'
 import re, statistics, subprocess, sys
