@@ -163,8 +163,7 @@ class Metrics:
 
     def observe(self, record: Record) -> None:
         """Everything about a finished request (once per request), tallied until the next flush."""
-        model = record.model if record.model in self.models else "other"
-        key = (model, record.status, record.cache)
+        key = (self.model_label(record.model), record.status, record.cache)
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = _Tally()
@@ -183,7 +182,7 @@ class Metrics:
             tokens = tally.tokens
             tokens[0] += usage.prompt_tokens
             tokens[1] += usage.completion_tokens
-            tokens[2] += usage.cached_tokens or 0
+            tokens[2] += usage.cached_tokens
         if record.cost_usd:
             tally.cost += record.cost_usd
         for attempt in record.attempts:

@@ -62,11 +62,10 @@ class CoalescingTransport:
         if len(data) > COALESCE_MAX:
             self.flush()
             self._transport.write(data)
-        elif self._held:
-            self._held.append(data)
         else:
+            if not self._held:
+                self._loop.call_soon(self.flush)
             self._held.append(data)
-            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         if self._held:

@@ -59,7 +59,7 @@ class Record:
     response_id: str | None = None
     response_model: str | None = None
     capture: str = "none"  # content capture for this request: none | metadata | full
-    request_body: dict[str, Any] | None = None  # the parsed body (parameters only, once handed over, unless "metadata")
+    request_body: dict[str, Any] | None = None  # the parsed body (the trace sink sends only its parameters where they suffice)
     # "full" only: the body's JSON text as the client sent it, when the gateway changed nothing in it
     # (no prompt resolved, nothing redacted); the trace keeps it rather than re-serializing the body
     request_json: str | None = None
