@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from gateway.traces import capture, context, otlp, spans, store
 from gateway.traces.cli import dataset_row, sample
-from tests.conftest import DEFAULT_POLICY, KEYS, UPSTREAM_KEY, GatewayFactory, GatewayProcess, sha
+from tests.conftest import DEFAULT_POLICY, KEYS, UPSTREAM_KEY, GatewayFactory, GatewayProcess, free_port, sha
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 from tests.otlp_receiver import Receiver
 from tests.traceutil import admin_get, client, metrics, trace, traces_config, value, wait_for
@@ -309,8 +309,24 @@ def test_admin_filters_and_cursor_pagination(gateway_factory: GatewayFactory, fa
     assert admin_get(gw, "/admin/traces", since="yesterday").status_code == 400
     assert admin_get(gw, "/admin/traces", status="weird").status_code == 400
     assert admin_get(gw, "/admin/traces/nope").status_code == 404
+    oldest, cursor = [], None  # oldest first, in pages of 4
+    while True:
+        page = admin_get(gw, "/admin/traces", order="asc", limit=4, **({"cursor": cursor} if cursor else {})).json()
+        oldest += [t["request_id"] for t in page["data"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert oldest == seen[::-1]
+    assert admin_get(gw, "/admin/traces", order="sideways").status_code == 400
     as_user = httpx.get(gw.url + "/admin/traces", headers={"authorization": f"Bearer {KEYS['alpha']}"})
     assert as_user.status_code == 403
+
+
+def _api_cli(gw: GatewayProcess, *args: str, key: str = KEYS["admin"]) -> subprocess.CompletedProcess[str]:
+    """The same commands against the gateway's admin API, in pages of 2 rows."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "traces", *args, "--url", gw.url, "--key", key, "--page-size", "2"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 def _cli(gw_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -324,6 +340,10 @@ def test_cli_export_and_tail_while_the_gateway_runs(gateway_factory: GatewayFact
     gw = gateway_factory(traces_config(fake.base_url))
     tail = subprocess.Popen(
         [sys.executable, "-m", "gateway", "traces", "tail", "--config", str(gw.directory / "config.toml")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    remote_tail = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "traces", "tail", "--url", gw.url, "--key", KEYS["admin"], "--page-size", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -352,17 +372,37 @@ def test_cli_export_and_tail_while_the_gateway_runs(gateway_factory: GatewayFact
         assert len(sampled.splitlines()) == 3 and sampled == _cli(gw.directory, "export", "--sample", "3", "--seed", "42").stdout
         bad = _cli(gw.directory, "export", "--since", "not-a-time")
         assert bad.returncode == 1 and "not an ISO 8601" in bad.stderr
+        for args in [
+            ("export",),
+            ("export", "--team", "beta"),
+            ("export", "--since", "2001-01-01"),
+            ("export", "--sample", "3", "--seed", "42"),
+        ]:
+            remote = _api_cli(gw, *args)  # the admin API gives the same rows as the store file
+            assert remote.returncode == 0 and remote.stdout == _cli(gw.directory, *args).stdout, (args, remote.stderr)
+        bad = _api_cli(gw, "export", "--since", "not-a-time")
+        assert bad.returncode == 1 and "HTTP 400" in bad.stderr and "not an ISO 8601" in bad.stderr
+        refused = _api_cli(gw, "export", key=KEYS["alpha"])
+        assert refused.returncode == 1 and "HTTP 403" in refused.stderr and refused.stdout == ""
+        unreachable = subprocess.run(
+            [sys.executable, "-m", "gateway", "traces", "export", "--url", f"http://127.0.0.1:{free_port()}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert unreachable.returncode == 1 and "cannot reach the gateway" in unreachable.stderr
         client(gw).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "late"}], extra_headers={"x-request-id": "tail-me"}
         )
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: [lines.append(line) for line in tail.stdout or []], daemon=True)
-        reader.start()
-        wait_for(lambda: any("tail-me" in line for line in lines), what="the tail to show the new request")
-        assert any(" 200  chat gpt-4o-mini -> fake/gpt-4o-mini-upstream" in line and "team=alpha" in line for line in lines)
+        for follower in (tail, remote_tail):
+            lines: list[str] = []
+            reader = threading.Thread(target=lambda f=follower, out=lines: [out.append(line) for line in f.stdout or []], daemon=True)
+            reader.start()
+            wait_for(lambda out=lines: any("tail-me" in line for line in out), what="the tail to show the new request")
+            assert any(" 200  chat gpt-4o-mini -> fake/gpt-4o-mini-upstream" in line and "team=alpha" in line for line in lines)
+            assert sum("cli-" in line for line in lines) == 6 and len(set(lines)) == len(lines)  # each request once
     finally:
-        tail.send_signal(signal.SIGINT)
-        tail.wait(10)
+        for follower in (tail, remote_tail):
+            follower.send_signal(signal.SIGINT)
+            follower.wait(10)
 
 
 def test_max_rows_is_enforced_while_running(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:

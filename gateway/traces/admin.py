@@ -1,4 +1,8 @@
-"""`GET /admin/traces` and `GET /admin/traces/{request_id}`: the trace store, read in a thread."""
+"""`GET /admin/traces` and `GET /admin/traces/{request_id}`: the trace store, read in a thread.
+
+The list pages by `cursor` (the `next_cursor` of the previous page), newest first, or oldest first
+with `order=asc` (how `gateway traces export --url` reads a whole range in time order).
+"""
 
 from __future__ import annotations
 
@@ -63,7 +67,11 @@ class TraceAdmin:
         filters = filters_from(query)
         limit = min(_int(query, "limit", 50) or 0, MAX_LIMIT)
         cursor = _int(query, "cursor", None)
-        found = await asyncio.to_thread(self._read, lambda conn: store.page(conn, filters, limit, cursor))
+        order = query.get("order") or "desc"
+        if order not in ("asc", "desc"):
+            raise BadRequest("`order` must be `desc` (newest first) or `asc` (oldest first).", param="order", code="invalid_value")
+        ascending = order == "asc"
+        found = await asyncio.to_thread(self._read, lambda conn: store.page(conn, filters, limit, cursor, ascending))
         data, next_cursor = found if found is not None else ([], None)
         return {"object": "list", "data": data, "next_cursor": str(next_cursor) if next_cursor is not None else None}
 

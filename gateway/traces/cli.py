@@ -1,20 +1,24 @@
 """`gateway traces export` and `gateway traces tail`: the trace store, read while the gateway runs.
 
 Both open the SQLite file named by the config's `[state] traces` read-only (WAL lets readers and
-the writer work at once). `export` writes one JSON line per request, shaped as an evaluation
-dataset row: input messages, output message, model, prompt version, usage, cost, latency, tags.
+the writer work at once), or, given `--url`, read a running gateway's admin API (`--key`, default
+$GATEWAY_ADMIN_KEY): the same rows, for a gateway on another machine. `export` writes one JSON line
+per request, shaped as an evaluation dataset row: input messages, output message, model, prompt
+version, usage, cost, latency, tags.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 import orjson
 from pydantic import ValidationError
 
@@ -91,15 +95,64 @@ def _open(config_arg: str | None) -> Any:
     return store.connect(store.sqlite_path(state.traces, lambda p: base / Path(p).expanduser()), readonly=True)
 
 
+class ApiError(Exception):
+    """The gateway's admin API could not be reached or refused."""
+
+
+class Api:
+    """The trace store through a running gateway's `GET /admin/traces`, page by page."""
+
+    def __init__(self, url: str, key: str | None, page_size: int) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {key}"} if key else {}, timeout=60)
+        self.page_size = page_size
+
+    def _page(self, params: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+        try:
+            reply = self.http.get("/admin/traces", params=params)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach the gateway at {self.url}: {exc}") from None
+        try:
+            body = reply.json()
+        except ValueError:
+            body = None
+        if reply.status_code != 200 or not isinstance(body, dict):
+            error = body.get("error") if isinstance(body, dict) else None
+            message = error["message"] if isinstance(error, dict) and "message" in error else reply.text[:200]
+            raise ApiError(f"{self.url}: HTTP {reply.status_code}: {message}")
+        return body["data"], body["next_cursor"]
+
+    def scan(self, params: dict[str, Any], after: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every matching row, oldest first (after the row with seq `after`, if given)."""
+        query = {**{k: v for k, v in params.items() if v is not None}, "order": "asc", "limit": self.page_size}
+        cursor: int | str | None = after
+        while True:
+            data, cursor = self._page({**query, "cursor": cursor} if cursor is not None else query)
+            yield from data
+            if cursor is None:
+                return
+
+    def newest(self, n: int) -> list[dict[str, Any]]:
+        return self._page({"limit": n})[0]
+
+
+def _api(args: argparse.Namespace) -> Api | None:
+    return Api(args.url, args.key, args.page_size) if args.url else None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    filters = store.Filters(
-        since=store.parse_time(args.since) if args.since else None,
-        until=store.parse_time(args.until) if args.until else None,
-        model=args.model,
-        team=args.team,
-    )
-    conn = _open(args.config)
-    rows: Iterable[dict[str, Any]] = store.scan(conn, filters)
+    api = _api(args)
+    rows: Iterable[dict[str, Any]]
+    if api is not None:  # the gateway parses and checks the filters
+        rows = api.scan({"since": args.since, "until": args.until, "model": args.model, "team": args.team})
+    else:
+        filters = store.Filters(
+            since=store.parse_time(args.since) if args.since else None,
+            until=store.parse_time(args.until) if args.until else None,
+            model=args.model,
+            team=args.team,
+        )
+        rows = store.scan(_open(args.config), filters)
     if args.sample is not None:
         rows = sample(rows, args.sample, args.seed)
     out: TextIO = sys.stdout
@@ -121,12 +174,15 @@ def line(trace: dict[str, Any]) -> str:
     )
 
 
-def follow(conn: Any, lines: int, interval: float) -> Iterator[dict[str, Any]]:
-    newest, _ = store.page(conn, store.Filters(), lines)
-    yield from reversed(newest)
-    last = newest[0]["seq"] if newest else 0
+def follow(
+    newest: Callable[[int], list[dict[str, Any]]], after: Callable[[int], Iterable[dict[str, Any]]], lines: int, interval: float
+) -> Iterator[dict[str, Any]]:
+    """The newest `lines` rows, oldest of them first, then every row as it arrives."""
+    latest = newest(lines)
+    yield from reversed(latest)
+    last = latest[0]["seq"] if latest else 0
     while True:
-        fresh = list(store.scan(conn, store.Filters(after_seq=last)))
+        fresh = list(after(last))
         yield from fresh
         if fresh:
             last = fresh[-1]["seq"]
@@ -134,9 +190,19 @@ def follow(conn: Any, lines: int, interval: float) -> Iterator[dict[str, Any]]:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    conn = _open(args.config)
+    api = _api(args)
+    if api is not None:
+        rows = follow(api.newest, lambda seq: api.scan({}, after=seq), args.lines, args.interval)
+    else:
+        conn = _open(args.config)
+        rows = follow(
+            lambda n: store.page(conn, store.Filters(), n)[0],
+            lambda seq: store.scan(conn, store.Filters(after_seq=seq)),
+            args.lines,
+            args.interval,
+        )
     try:
-        for trace in follow(conn, args.lines, args.interval):
+        for trace in rows:
             print(line(trace), flush=True)
     except KeyboardInterrupt:
         pass
@@ -148,7 +214,7 @@ def _run(command: Any) -> Any:
         try:
             code: int = command(args)
             return code
-        except (ConfigError, store.StoreError, ValueError) as exc:
+        except (ConfigError, store.StoreError, ValueError, ApiError) as exc:
             print(f"gateway traces: {exc}", file=sys.stderr)
             return 1
 
@@ -158,7 +224,7 @@ def _run(command: Any) -> Any:
 def add_commands(sub: Any) -> None:
     traces = sub.add_parser("traces", help="read the trace store").add_subparsers(dest="traces_command", required=True)
     export = traces.add_parser("export", help="write traces as JSONL rows, ready to become an evaluation dataset")
-    export.add_argument("--config")
+    _source_arguments(export)
     export.add_argument("--since", help="ISO 8601 time (UTC unless it says otherwise) or epoch seconds")
     export.add_argument("--until", help="ISO 8601 time or epoch seconds (exclusive)")
     export.add_argument("--model", help="requested model name")
@@ -167,7 +233,14 @@ def add_commands(sub: Any) -> None:
     export.add_argument("--seed", type=int, default=0, help="seed for --sample (same store and seed, same rows)")
     export.set_defaults(func=_run(cmd_export))
     tail = traces.add_parser("tail", help="print the latest traces, then follow new ones")
-    tail.add_argument("--config")
+    _source_arguments(tail)
     tail.add_argument("--lines", "-n", type=int, default=10)
     tail.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
     tail.set_defaults(func=_run(cmd_tail))
+
+
+def _source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="read the trace store this config names (default: $GATEWAY_CONFIG, else ./config.toml)")
+    parser.add_argument("--url", help="read a running gateway's admin API (http://HOST:PORT) instead of the store file")
+    parser.add_argument("--key", default=os.environ.get("GATEWAY_ADMIN_KEY"), help="admin API key for --url (default $GATEWAY_ADMIN_KEY)")
+    parser.add_argument("--page-size", type=int, default=1000, help=argparse.SUPPRESS)

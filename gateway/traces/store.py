@@ -188,13 +188,17 @@ class Filters:
         raise ValueError(f"status must be a code, 2xx/4xx/5xx or 'error', not {status!r}")
 
 
-def page(conn: sqlite3.Connection, filters: Filters, limit: int, cursor: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
-    """Newest first, `limit` rows from before `cursor`; returns them and the next cursor (None at the end)."""
+def page(
+    conn: sqlite3.Connection, filters: Filters, limit: int, cursor: int | None = None, ascending: bool = False
+) -> tuple[list[dict[str, Any]], int | None]:
+    """`limit` rows past `cursor`, newest first (or, `ascending`, oldest first); returns them and the
+    next cursor (None at the end)."""
     where, args = filters.where()
     if cursor is not None:
-        where += (" AND " if where else " WHERE ") + "seq < ?"
+        where += (" AND " if where else " WHERE ") + ("seq > ?" if ascending else "seq < ?")
         args.append(cursor)
-    found = conn.execute(f"SELECT * FROM traces{where} ORDER BY seq DESC LIMIT ?", [*args, limit + 1])
+    order = "ASC" if ascending else "DESC"
+    found = conn.execute(f"SELECT * FROM traces{where} ORDER BY seq {order} LIMIT ?", [*args, limit + 1])
     names = _names(found)
     rows = found.fetchall()
     more = len(rows) > limit
