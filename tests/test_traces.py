@@ -4,6 +4,7 @@ queryable over the admin API and the CLI, complete enough to become an evaluatio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -565,3 +566,37 @@ def test_dataset_row_shapes() -> None:
     assert row["output"] == {"role": "assistant", "content": "hi", "finish_reason": "stop"}
     assert row["prompt"] == {"id": "bot", "version": 2, "label": "production", "hash": "h"}
     assert dataset_row({**base, "capture": "metadata"})["input"] is None
+
+
+def _writers(gw: GatewayProcess) -> list[int]:
+    """Pids of the trace writer processes under the gateway's process tree."""
+    found = subprocess.run(["pgrep", "-f", "gateway.traces.writer"], capture_output=True, text=True, check=False).stdout.split()
+    ours = []
+    for pid in map(int, found):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == gw.process.pid:  # the parent pid
+                ours.append(pid)
+    return ours
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_writer_that_dies_is_replaced_and_records_flow_again(gateway_factory: GatewayFactory, fake: FakeOpenAI, workers: int) -> None:
+    gw = gateway_factory(traces_config(fake.base_url), args=("--workers", str(workers)))
+    client(gw).chat.completions.create(
+        model="demo-echo", messages=[{"role": "user", "content": "x"}], extra_headers={"x-request-id": "w-before"}
+    )
+    trace(gw, "w-before")
+    (first,) = wait_for(lambda: _writers(gw) or None, what="the trace writer")
+    os.kill(first, signal.SIGKILL)
+    for i in range(5):  # while no writer runs: queued in the workers, sent once one is back
+        client(gw).chat.completions.create(
+            model="demo-echo", messages=[{"role": "user", "content": "x"}], extra_headers={"x-request-id": f"w-after-{i}"}
+        )
+    for i in range(5):
+        assert trace(gw, f"w-after-{i}")["status"] == 200
+    (second,) = _writers(gw)
+    assert second != first
+    assert "trace writer exited with -9; starting another" in gw.log()
+    assert gw.stop() == 0
+    assert "trace writer done" in gw.log()

@@ -357,42 +357,76 @@ def main() -> None:
     address = Path(listener.getsockname())
     settings = Settings.from_json(sys.stdin.buffer.readline())
     tune_gc()
-    try:
-        Writer(settings).serve(listener, sys.stdin.buffer)
-    finally:  # also when the owner died without stopping us
-        shutil.rmtree(address.parent, ignore_errors=True)
+    Writer(settings).serve(listener, sys.stdin.buffer)
+    # the owner is done with the socket, or gone (its end of our stdin closed when it died); a writer
+    # that crashes leaves the socket to its owner, which starts another writer on it
+    shutil.rmtree(address.parent, ignore_errors=True)
 
 
 class WriterProcess:
-    """Started by whoever owns the workers; `address` is the socket the workers connect to."""
+    """Started by whoever owns the workers; `address` is the socket the workers connect to.
+
+    The owner keeps the listening socket, so a writer that dies (a crash, the OOM killer) is
+    replaced after `RESTART_S` on the same socket: the workers' sinks reconnect by themselves and
+    send what they queued meanwhile. What the dead writer held in memory is lost, and its totals
+    start again from zero (a counter reset to Prometheus); the log says so.
+    """
+
+    RESTART_S = 1.0
 
     def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._dir = tempfile.mkdtemp(prefix="gateway-traces-")
         self.address = str(Path(self._dir) / "writer.sock")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-            listener.bind(self.address)
-            listener.listen(256)
-            fd = listener.fileno()
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.traces.writer", str(fd)], stdin=subprocess.PIPE, pass_fds=(fd,)
-            )
-        assert self._process.stdin is not None
-        self._process.stdin.write(settings.to_json() + b"\n")
-        self._process.stdin.flush()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.address)
+        self._listener.listen(256)
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self.restarts = 0
+        self._process = self._spawn()
+        threading.Thread(target=self._watch, name="trace-writer-watch", daemon=True).start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        fd = self._listener.fileno()
+        process = subprocess.Popen([sys.executable, "-m", "gateway.traces.writer", str(fd)], stdin=subprocess.PIPE, pass_fds=(fd,))
+        assert process.stdin is not None
+        with contextlib.suppress(OSError):  # died at once: the watcher sees it
+            process.stdin.write(self._settings.to_json() + b"\n")
+            process.stdin.flush()
+        return process
+
+    def _watch(self) -> None:
+        while True:
+            code = self._process.wait()
+            if self._stopped.is_set():
+                return
+            log.error("trace writer exited with %s; starting another in %.0f s (the records it held are lost)", code, self.RESTART_S)
+            if self._stopped.wait(self.RESTART_S):
+                return
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                self._process = self._spawn()
+                self.restarts += 1
 
     def stop(self, timeout: float | None = None) -> int | None:
         """Tell the writer that no more workers will come, wait for it to flush, and clean up."""
-        assert self._process.stdin is not None
+        with self._lock:
+            self._stopped.set()
+            process = self._process
+        assert process.stdin is not None
         with contextlib.suppress(OSError):
-            self._process.stdin.close()  # EOF: the signal to finish
+            process.stdin.close()  # EOF: the signal to finish
         try:
-            self._process.wait(timeout)
+            process.wait(timeout)
         except subprocess.TimeoutExpired:
             log.error("trace writer did not finish in time; killing it")
-            self._process.kill()
-            self._process.wait()
+            process.kill()
+            process.wait()
+        self._listener.close()
         shutil.rmtree(self._dir, ignore_errors=True)
-        return self._process.returncode
+        return process.returncode
 
 
 if __name__ == "__main__":
