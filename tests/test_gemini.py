@@ -281,3 +281,14 @@ def test_the_fake_splits_every_event_across_reads(gemini: FakeGemini) -> None:
         reads = [piece for piece in response.iter_raw() if piece]
     events = b"".join(reads).count(b"\r\n\r\n")
     assert events == 3 and len(reads) > 3 * events
+
+
+@pytest.mark.parametrize(("delay", "header"), [("37s", "37"), ("1.250s", "2")])
+def test_a_rate_limit_says_when_to_retry(client: openai.OpenAI, gemini: FakeGemini, delay: str, header: str) -> None:
+    """Gemini puts the wait in the error body (RetryInfo.retryDelay), not in a Retry-After header:
+    the gateway's 429 carries it as Retry-After (whole seconds, rounded up)."""
+    gemini.script(Behavior(status=429, message="Resource has been exhausted (e.g. check quota).", retry_delay=delay))
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model="gemini-flash", messages=[{"role": "user", "content": "x"}])
+    assert info.value.response.headers["retry-after"] == header
+    assert "Resource has been exhausted" in info.value.message

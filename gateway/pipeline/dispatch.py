@@ -42,7 +42,8 @@ async def _send(
     if response.status >= 300:
         raw = await response.read()
         message = deployment.wire.error_message(raw)
-        raise provider_error(deployment.provider, response.status, message, response.headers.get("retry-after"))
+        retry_after = response.headers.get("retry-after") or deployment.wire.retry_after(raw)
+        raise provider_error(deployment.provider, response.status, message, retry_after)
     return response
 
 

@@ -324,3 +324,6 @@ class AnthropicWire:
 
     def error_message(self, raw: bytes) -> str | None:
         return error_message(raw)
+
+    def retry_after(self, raw: bytes) -> str | None:
+        return None  # the retry-after header says it

@@ -279,6 +279,25 @@ def embeddings_reply(raw: bytes) -> Reply:
     return Reply(data=embeddings([e["values"] for e in items]), raw=None, usage=None)
 
 
+def retry_delay(raw: bytes) -> str | None:
+    """Seconds to wait, from an error body's `google.rpc.RetryInfo` detail (Gemini's 429s carry it,
+    `"retryDelay": "37s"`, and no Retry-After header), as a Retry-After value."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(data, list) and data:
+        data = data[0]
+    error = data.get("error") if isinstance(data, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = detail.get("retryDelay")
+            if isinstance(delay, str) and delay.endswith("s"):
+                return delay[:-1]  # a Duration: seconds with up to nine decimals
+    return None
+
+
 def stream_error(data: dict[str, Any]) -> GatewayError:
     error = field(data, "error")
     code = error.get("code")
@@ -359,6 +378,9 @@ class GeminiWire:
 
     def error_message(self, raw: bytes) -> str | None:
         return error_message(raw)
+
+    def retry_after(self, raw: bytes) -> str | None:
+        return retry_delay(raw)
 
 
 REPLIES: dict[Operation, Callable[[bytes], Reply]] = {Operation.CHAT: chat_reply, Operation.EMBEDDINGS: embeddings_reply}

@@ -118,6 +118,9 @@ class OpenAIWire:
     def error_message(self, raw: bytes) -> str | None:
         return error_message(raw)
 
+    def retry_after(self, raw: bytes) -> str | None:
+        return None  # the Retry-After header says it
+
 
 def completion_text(reply: Reply) -> str:
     """All generated text of a reply (chat or legacy completion), for token estimates."""

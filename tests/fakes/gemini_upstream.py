@@ -54,14 +54,21 @@ class Behavior(openai_upstream.Behavior):
     prompt_blocked: bool = False  # answer promptFeedback.blockReason = SAFETY and no candidates
     cached: int = 0  # cachedContentTokenCount
     thoughts: int = 0  # thoughtsTokenCount
+    retry_delay: str | None = None  # an error's google.rpc.RetryInfo retryDelay (a Duration: "37s", "1.5s")
 
 
 class InvalidArgument(Exception):
     pass
 
 
-def error_body(status: int, message: str | None = None) -> dict[str, Any]:
-    return {"error": {"code": status, "message": message or "Internal error encountered.", "status": STATUS.get(status, "UNKNOWN")}}
+def error_body(status: int, message: str | None = None, retry_delay: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": status, "message": message or "Internal error encountered.", "status": STATUS.get(status, "UNKNOWN")}
+    if retry_delay is not None:  # as the Gemini API sends it with RESOURCE_EXHAUSTED (and no Retry-After header)
+        error["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaMetric": "generate_content_requests"}]},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay},
+        ]
+    return {"error": error}
 
 
 def _words(text: str) -> int:
@@ -141,7 +148,7 @@ class FakeGemini(FakeOpenAI):
         return self._json(n, b, answer)
 
     def _error_reply(self, n: int, behavior: Behavior, status: int, message: str | None) -> web.Response:
-        body = json.dumps(error_body(status, message)).encode()
+        body = json.dumps(error_body(status, message, behavior.retry_delay)).encode()
         return web.Response(status=status, body=body, headers=self._headers(n, behavior, "application/json"))
 
     @staticmethod
