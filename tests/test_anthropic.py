@@ -330,3 +330,74 @@ def test_the_fake_splits_every_event_across_reads(claude: FakeAnthropic) -> None
         reads = [piece for piece in response.iter_raw() if piece]
     events = b"".join(reads).count(b"\n\n")
     assert events == 8 and len(reads) > 3 * events  # start, block start, ping, 2 deltas, block stop, delta, stop
+
+
+def test_thinking_from_reasoning_effort_comes_back_as_reasoning_content(client: openai.OpenAI, claude: FakeAnthropic) -> None:
+    claude.script(Behavior(), Behavior(redacted_thinking=True))
+    answer = client.chat.completions.create(model="claude-haiku", messages=[{"role": "user", "content": "why"}], reasoning_effort="low")
+    sent = claude.requests[0].json
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 1024} and sent["max_tokens"] == 1024 + 4096
+    message = answer.choices[0].message
+    assert message.content == "echo: why"
+    assert message.model_extra is not None and message.model_extra["reasoning_content"] == "Thinking about: why"
+    (block,) = message.model_extra["thinking_blocks"]
+    assert block == {"type": "thinking", "thinking": "Thinking about: why", "signature": block["signature"]} and block["signature"]
+    thinking = {"type": "enabled", "budget_tokens": 2000}  # given as it is, with the client's max_tokens
+    redacted = client.chat.completions.create(
+        model="claude-haiku", messages=[{"role": "user", "content": "why"}], max_tokens=3000, extra_body={"thinking": thinking}
+    )
+    assert claude.requests[1].json["thinking"] == thinking and claude.requests[1].json["max_tokens"] == 3000
+    blocks = (redacted.choices[0].message.model_extra or {})["thinking_blocks"]
+    assert [b["type"] for b in blocks] == ["thinking", "redacted_thinking"] and blocks[1]["data"]
+
+
+def test_thinking_requests_anthropic_would_refuse_are_400_here(client: openai.OpenAI, claude: FakeAnthropic) -> None:
+    with pytest.raises(openai.BadRequestError, match="greater than the thinking budget"):
+        client.chat.completions.create(
+            model="claude-haiku", messages=[{"role": "user", "content": "x"}], reasoning_effort="high", max_tokens=4096
+        )
+    with pytest.raises(openai.BadRequestError, match="reasoning_effort must be one of"):
+        client.chat.completions.create(
+            model="claude-haiku", messages=[{"role": "user", "content": "x"}], extra_body={"reasoning_effort": "max"}
+        )
+    assert claude.requests == []
+
+
+def test_streamed_thinking_is_reasoning_content_then_one_signed_block(client: openai.OpenAI, claude: FakeAnthropic) -> None:
+    claude.script(Behavior(split_events=True, chunks=4))
+    stream = client.chat.completions.create(
+        model="claude-haiku", messages=[{"role": "user", "content": "think it over"}], reasoning_effort="medium", stream=True
+    )
+    reasoning, text, blocks = [], "", []
+    for chunk in stream:
+        extra = chunk.choices[0].delta.model_extra or {} if chunk.choices else {}
+        if extra.get("reasoning_content"):
+            assert not text  # the thinking comes first
+            reasoning.append(extra["reasoning_content"])
+        blocks += extra.get("thinking_blocks") or []
+        text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+    assert len(reasoning) == 4 and "".join(reasoning) == "Thinking about: think it over"
+    assert blocks == [{"type": "thinking", "thinking": "Thinking about: think it over", "signature": blocks[0]["signature"]}]
+    assert blocks[0]["signature"].startswith("sig-")
+    assert text == "echo: think it over" and claude.requests[0].json["thinking"]["budget_tokens"] == 2048
+
+
+def test_thinking_blocks_go_back_first_in_a_tool_use_turn(client: openai.OpenAI, claude: FakeAnthropic) -> None:
+    ask: dict[str, Any] = {"model": "claude-haiku", "tools": [WEATHER], "reasoning_effort": "low"}
+    first = client.chat.completions.create(messages=[{"role": "user", "content": "CALL_TOOL please"}], **ask)
+    message = first.choices[0].message
+    assert message.tool_calls is not None and (message.model_extra or {})["thinking_blocks"]
+    history: list[Any] = [
+        {"role": "user", "content": "CALL_TOOL please"},
+        message.model_dump(exclude_none=True),  # reasoning_content and thinking_blocks included, as a client keeps them
+        {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "21 degrees"},
+    ]
+    second = client.chat.completions.create(messages=history, **ask)
+    assert second.choices[0].finish_reason == "stop"  # Anthropic took the turn back
+    turn = claude.requests[1].json["messages"][1]["content"]
+    assert turn[0] == (message.model_extra or {})["thinking_blocks"][0]  # as Anthropic signed it
+    assert turn[0]["thinking"] == "Thinking about: CALL_TOOL please"
+    assert [b["type"] for b in turn] == ["thinking", "text", "tool_use"]
+    without = [history[0], {k: v for k, v in history[1].items() if k != "thinking_blocks"}, history[2]]
+    with pytest.raises(openai.BadRequestError, match="must start with a thinking block"):  # Anthropic's own answer, relayed
+        client.chat.completions.create(messages=without, **ask)

@@ -177,6 +177,8 @@ FINAL: dict[str, Any] = {
                     {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": '{"q": "x"}'}},
                     {"id": "call_2", "type": "function", "function": {"name": "other", "arguments": "{}"}},
                 ],
+                "reasoning_content": "The user wants a search.",  # a provider's reasoning, kept through a replay
+                "thinking_blocks": [{"type": "thinking", "thinking": "The user wants a search.", "signature": "sig=="}],
             },
             "logprobs": None,
             "finish_reason": "tool_calls",

@@ -365,8 +365,8 @@ def test_anthropic_stream_error_event(error_type: str, status: int, cls: type[Ga
 
 def test_anthropic_stream_ignores_unknown_events_and_deltas() -> None:
     extra = (
-        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}\n\n'
-        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}\n\n'
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"future_block","x":""}}\n\n'
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"future_delta","x":"hm"}}\n\n'
         b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"x"}}\n\n'
         b'event: brand_new_event\ndata: {"type":"brand_new_event"}\n\n'
     )

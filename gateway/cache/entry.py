@@ -70,10 +70,12 @@ def replay(body: bytes, include_usage: bool) -> list[bytes]:
 
 def _chat_deltas(choice: dict[str, Any]) -> list[dict[str, Any]]:
     message = choice.get("message") or {}
-    first: dict[str, Any] = {"role": message.get("role") or "assistant", "content": message.get("content") or ""}
+    deltas: list[dict[str, Any]] = [{name: message[name]} for name in ("reasoning_content", "thinking_blocks") if message.get(name)]
+    content: dict[str, Any] = {"content": message.get("content") or ""}
     if message.get("refusal") is not None:
-        first["refusal"] = message["refusal"]
-    deltas = [first]
+        content["refusal"] = message["refusal"]
+    deltas.append(content)
+    deltas[0] = {"role": message.get("role") or "assistant", **deltas[0]}
     calls = message.get("tool_calls") or []
     if calls:
         deltas.append({"tool_calls": [{**call, "index": i} for i, call in enumerate(calls)]})
@@ -131,6 +133,10 @@ class Assembler:
             into["text"].append(delta["content"])
         if delta.get("refusal"):
             into["refusal"] = into.get("refusal", "") + delta["refusal"]
+        if delta.get("reasoning_content"):  # a provider's reasoning (Anthropic's thinking, translated)
+            into.setdefault("reasoning", []).append(delta["reasoning_content"])
+        if isinstance(delta.get("thinking_blocks"), list):
+            into.setdefault("thinking_blocks", []).extend(delta["thinking_blocks"])
         for call in delta.get("tool_calls") or []:
             slot = into["calls"].setdefault(call.get("index", 0), {"id": None, "type": "function", "name": "", "arguments": []})
             function = call.get("function") or {}
@@ -162,6 +168,10 @@ class Assembler:
             message["refusal"] = c.get("refusal")
             if calls:
                 message["tool_calls"] = calls
+            if c.get("reasoning"):
+                message["reasoning_content"] = "".join(c["reasoning"])
+            if c.get("thinking_blocks"):
+                message["thinking_blocks"] = c["thinking_blocks"]
             out["message"] = message
         else:
             out["text"] = text

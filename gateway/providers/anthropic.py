@@ -14,6 +14,15 @@ Usage: OpenAI counts cached prompt tokens inside `prompt_tokens`; Anthropic repo
 `prompt_tokens` = input + cache-read + cache-creation tokens, with the cache reads as
 `prompt_tokens_details.cached_tokens` and the writes as `prompt_tokens_details.cache_creation_tokens`.
 
+Extended thinking: `reasoning_effort` (`minimal`/`low`/`medium`/`high`) turns it on with a budget of
+1024/1024/2048/4096 tokens, or a `thinking` object in the body (SDK: `extra_body`) goes as it is;
+`max_tokens` must then exceed the budget (absent, it is the budget plus 4096). As other gateways do,
+the answer's thinking comes back as `message.reasoning_content` (the text) and
+`message.thinking_blocks` (Anthropic's `thinking` blocks with their signatures, and
+`redacted_thinking` blocks); streams send `delta.reasoning_content` as the thinking arrives and one
+`delta.thinking_blocks` per block once it is complete (signed). An assistant message's
+`thinking_blocks` go back first in its turn, which Anthropic requires when thinking meets tool use.
+
 Streams are translated event by event, keeping only a block-index -> tool-call-index map. The role
 chunk is held back until the first content, so an `error` event that arrives right after
 `message_start` (typically `overloaded_error`) still fails the request before its first byte, where
@@ -57,6 +66,8 @@ from gateway.upstream import UpstreamRequest
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MAX_TOKENS = 4096
+THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096}  # reasoning_effort -> budget_tokens
+THINKING_BLOCKS = ("thinking", "redacted_thinking")
 
 STOP_REASONS = {
     "end_turn": "stop",
@@ -108,7 +119,9 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
 
 
 def _assistant(message: dict[str, Any]) -> list[dict[str, Any]]:
-    blocks = _blocks(message.get("content"))
+    thinking = message.get("thinking_blocks")
+    blocks = [b for b in thinking if isinstance(b, dict) and b.get("type") in THINKING_BLOCKS] if isinstance(thinking, list) else []
+    blocks += _blocks(message.get("content"))
     for call in tool_calls_of(message):
         name = call["function"].get("name")
         blocks.append({"type": "tool_use", "id": call.get("id"), "name": name, "input": tool_arguments(call)})
@@ -165,10 +178,34 @@ def _tool(tool: Any) -> dict[str, Any]:
     return out
 
 
+def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
+    given = body.get("thinking")
+    if isinstance(given, dict):
+        return given
+    effort = body.get("reasoning_effort")
+    if effort is None or effort == "none":
+        return None
+    if effort not in THINKING_BUDGETS:
+        raise BadRequest(f"reasoning_effort must be one of {', '.join(THINKING_BUDGETS)}, not {effort!r}.", param="reasoning_effort")
+    return {"type": "enabled", "budget_tokens": THINKING_BUDGETS[effort]}
+
+
 def messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     single_choice("anthropic", body)
     system, turns = conversation(body.get("messages"))
-    out: dict[str, Any] = {"model": model, "max_tokens": token_cap(body) or DEFAULT_MAX_TOKENS, "messages": turns}
+    max_tokens = token_cap(body)
+    thinking = _thinking(body)
+    budget = thinking.get("budget_tokens") if thinking is not None and thinking.get("type") == "enabled" else None
+    if isinstance(budget, int) and max_tokens is not None and max_tokens <= budget:
+        raise BadRequest(
+            f"max_tokens ({max_tokens}) must be greater than the thinking budget ({budget} tokens): Anthropic counts thinking as output.",
+            param="max_tokens",
+        )
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS + (budget if isinstance(budget, int) else 0)
+    out: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": turns}
+    if thinking is not None:
+        out["thinking"] = thinking
     if system:
         out["system"] = system
     for name in ("temperature", "top_p", "top_k"):
@@ -212,16 +249,22 @@ def chat_reply(raw: bytes) -> Reply:
     content = data.get("content")
     if data.get("type") != "message" or not isinstance(content, list):
         raise garbage()
-    texts, calls = [], []
+    texts, calls, thinking = [], [], []
     for block in content:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             texts.append(block.get("text") or "")
         elif kind == "tool_use":
             calls.append(tool_call(block.get("id") or "", block.get("name") or "", orjson.dumps(block.get("input") or {})))
+        elif kind in THINKING_BLOCKS:
+            thinking.append(block)
     finish = finish_reason(data.get("stop_reason"))
     usage = usage_of(data.get("usage"))
     answer = completion(data.get("id") or "", data.get("model") or "", [choice(0, "".join(texts), calls, finish)], usage)
+    if thinking:
+        message = answer["choices"][0]["message"]
+        message["reasoning_content"] = "".join(b.get("thinking") or "" for b in thinking)
+        message["thinking_blocks"] = thinking
     return Reply(data=answer, raw=None, usage=usage, finish_reason=finish)
 
 
@@ -232,12 +275,13 @@ def stream_error(data: dict[str, Any]) -> GatewayError:
 
 
 class AnthropicStream:
-    __slots__ = ("_chunks", "_tools", "_usage", "state")
+    __slots__ = ("_chunks", "_thinking", "_tools", "_usage", "state")
 
     def __init__(self, include_usage: bool) -> None:
         self.state = StreamState(include_usage=include_usage)
         self._chunks = Chunks(self.state)
         self._tools: dict[Any, int] = {}  # content block index -> OpenAI tool call index
+        self._thinking: dict[Any, list[str]] = {}  # content block index -> the thinking text so far
         self._usage: dict[str, Any] = {}  # Anthropic's usage fields, as last reported
 
     def feed(self, event: Event) -> bytes:
@@ -260,6 +304,12 @@ class AnthropicStream:
             return self._chunks.delta({"tool_calls": [call]})
         if block.get("type") == "text" and block.get("text"):
             return self._chunks.text(block["text"])
+        if block.get("type") == "thinking":
+            text = block.get("thinking") or ""
+            self._thinking[data.get("index")] = [text]
+            return self._chunks.delta({"reasoning_content": text}) if text else b""
+        if block.get("type") == "redacted_thinking":
+            return self._chunks.delta({"thinking_blocks": [block]})
         return b""
 
     def _block_delta(self, data: dict[str, Any]) -> bytes:
@@ -270,6 +320,13 @@ class AnthropicStream:
         index = self._tools.get(data.get("index"))
         if kind == "input_json_delta" and delta.get("partial_json") and index is not None:
             return self._chunks.delta({"tool_calls": [{"index": index, "function": {"arguments": delta["partial_json"]}}]})
+        thinking = self._thinking.get(data.get("index"))
+        if kind == "thinking_delta" and delta.get("thinking") and thinking is not None:
+            thinking.append(delta["thinking"])
+            return self._chunks.delta({"reasoning_content": delta["thinking"]})
+        if kind == "signature_delta" and thinking is not None:  # the block is complete: send it whole, signed
+            block = {"type": "thinking", "thinking": "".join(thinking), "signature": delta.get("signature")}
+            return self._chunks.delta({"thinking_blocks": [block]})
         return b""
 
     def _message_delta(self, data: dict[str, Any]) -> bytes:

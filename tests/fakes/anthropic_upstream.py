@@ -11,7 +11,9 @@ It reuses `FakeOpenAI`'s server (thread, recording, scripting, TCP fault knobs: 
 Like the real API it refuses what the gateway must never send: a missing `x-api-key` (401) or
 `anthropic-version` (400), no `max_tokens`, a `system` role inside `messages`, turns that do not
 alternate user/assistant starting with user, empty content, malformed image sources, and tool
-results that answer no `tool_use` of the turn before (400, `invalid_request_error`).
+results that answer no `tool_use` of the turn before (400, `invalid_request_error`). With `thinking`
+enabled it wants `budget_tokens` >= 1024 and below `max_tokens`, and the last assistant turn, when it
+holds a `tool_use`, to start with its (signed) thinking block, as the real API does.
 
 Answers are deterministic: the text is "echo: " + the text of the last user turn. When the request
 has `tools` and that text contains CALL_TOOL, the answer is a text block (TOOL_PREAMBLE) and a
@@ -19,7 +21,10 @@ has `tools` and that text contains CALL_TOOL, the answer is a text block (TOOL_P
 whitespace-separated words (input: system + every text block; output: the answer's text, plus the
 words of the tool input's JSON). Streams follow the documented event sequence: message_start,
 content_block_start, ping, content_block_delta (text_delta / input_json_delta, `chunks` pieces per
-block; a tool's first piece is ""), content_block_stop, message_delta, message_stop.
+block; a tool's first piece is ""), content_block_stop, message_delta, message_stop. With thinking
+enabled the answer starts with a thinking block ("Thinking about: " + that text, signature
+"sig-N"; streamed as thinking_delta pieces and a signature_delta), then, with `redacted_thinking`, a
+redacted_thinking block.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class Behavior(openai_upstream.Behavior):
     cache_read: int = 0  # reported as cache_read_input_tokens
     cache_creation: int = 0  # reported as cache_creation_input_tokens
     stop_reason: str | None = None  # instead of end_turn / tool_use
+    redacted_thinking: bool = False  # with thinking on: a redacted_thinking block after the thinking one
     error_event: str | None = None  # streaming: send an `error` event of this type ...
     error_after: int = 1  # ... after this many events (1: right after message_start), then end
 
@@ -105,7 +111,11 @@ def _check_block(block: Any, role: str, previous_tool_ids: set[str]) -> None:
         raise InvalidRequest("messages: tool_use blocks belong to assistant turns and need an input object")
     if kind == "tool_result" and block.get("tool_use_id") not in previous_tool_ids:
         raise InvalidRequest("messages: tool_result blocks must answer a tool_use of the previous assistant turn")
-    if kind not in ("text", "image", "tool_use", "tool_result"):
+    if kind == "thinking" and (role != "assistant" or not isinstance(block.get("thinking"), str) or not block.get("signature")):
+        raise InvalidRequest("messages: thinking blocks belong to assistant turns and need their thinking and signature")
+    if kind == "redacted_thinking" and (role != "assistant" or not block.get("data")):
+        raise InvalidRequest("messages: redacted_thinking blocks belong to assistant turns and need their data")
+    if kind not in ("text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"):
         raise InvalidRequest(f"messages: unknown content block type {kind!r}")
 
 
@@ -133,6 +143,24 @@ def validate(req: Any) -> None:
     system = req.get("system")
     if system is not None and not isinstance(system, (str, list)):
         raise InvalidRequest("system: Input should be a valid string or list")
+    thinking = req.get("thinking")
+    if thinking is not None:
+        budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+        if not isinstance(thinking, dict) or thinking.get("type") != "enabled" or not isinstance(budget, int) or budget < 1024:
+            raise InvalidRequest("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
+        if req["max_tokens"] <= budget:
+            raise InvalidRequest("`max_tokens` must be greater than `thinking.budget_tokens`")
+        assistant = [m for m in messages if m["role"] == "assistant"]
+        last = assistant[-1]["content"] if assistant else []
+        if (
+            isinstance(last, list)
+            and any(b.get("type") == "tool_use" for b in last)
+            and last[0].get("type") not in ("thinking", "redacted_thinking")
+        ):
+            raise InvalidRequest(
+                "messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found `text`. When `thinking` is enabled, "
+                "a final `assistant` message must start with a thinking block."
+            )
 
 
 class FakeAnthropic(FakeOpenAI):
@@ -181,6 +209,13 @@ class FakeAnthropic(FakeOpenAI):
         else:
             text = "echo: " + user_text
             content, output, stop = [{"type": "text", "text": text}], _words(text), "end_turn"
+        if req.get("thinking"):
+            thought = "Thinking about: " + user_text
+            thinking: list[dict[str, Any]] = [{"type": "thinking", "thinking": thought, "signature": f"sig-{n}"}]
+            if b.redacted_thinking:
+                thinking.append({"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP"})
+            content = [*thinking, *content]
+            output += _words(thought)
         usage = {
             "input_tokens": sum(_words(t) for t in prompt),
             "cache_creation_input_tokens": b.cache_creation,
@@ -206,6 +241,12 @@ class FakeAnthropic(FakeOpenAI):
             if block["type"] == "text":
                 opening: dict[str, Any] = {"type": "text", "text": ""}
                 deltas = [{"type": "text_delta", "text": piece} for piece in split(block["text"], b.chunks) if piece]
+            elif block["type"] == "thinking":
+                opening = {"type": "thinking", "thinking": ""}
+                deltas = [{"type": "thinking_delta", "thinking": piece} for piece in split(block["thinking"], b.chunks) if piece]
+                deltas.append({"type": "signature_delta", "signature": block["signature"]})
+            elif block["type"] == "redacted_thinking":
+                opening, deltas = block, []
             else:
                 opening = {**block, "input": {}}
                 pieces = ["", *split(json.dumps(block["input"]), b.chunks)]
