@@ -153,6 +153,7 @@ def test_streamed_chat_split_across_tcp_reads(client: openai.OpenAI, claude: Fak
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (9, 10)
+    assert (chunks[-1].usage.model_extra or {})["cost_usd"] == pytest.approx(cost(9, 10), abs=1e-12)  # the bundled Haiku price
     assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("msg_fake_")
     assert claude.requests[0].json["stream"] is True
 

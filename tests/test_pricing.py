@@ -201,6 +201,27 @@ def test_estimated_stream_usage_carries_its_cost(client: openai.OpenAI, fake: Fa
     assert (usage.model_extra or {})["cost_usd"] == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize(("model", "rates"), [("gpt-4o-mini", (0.15, 0.60)), ("demo-priced", (1.5, 2.5)), ("demo-echo", None)])
+def test_a_streams_usage_chunk_carries_its_cost(
+    client: openai.OpenAI, fake: FakeOpenAI, model: str, rates: tuple[float, float] | None
+) -> None:
+    """Provider-reported usage too: the relayed OpenAI usage chunk, and the translated ones, carry
+    `cost_usd` when the deployment is priced, as non-streamed answers the gateway writes do."""
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "a b c"}], stream=True, stream_options={"include_usage": True}
+        )
+    )
+    usage = chunks[-1].usage
+    assert usage is not None and chunks[-1].choices == [] and not any(c.usage for c in chunks[:-1])
+    assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1] if c.choices)  # the text arrived as it was
+    if rates is None:
+        assert "cost_usd" not in (usage.model_extra or {})
+    else:
+        expected = (usage.prompt_tokens * rates[0] + usage.completion_tokens * rates[1]) / 1e6
+        assert (usage.model_extra or {})["cost_usd"] == pytest.approx(expected, abs=1e-12) and expected > 0
+
+
 @pytest.mark.parametrize(("model", "rates"), [("demo-priced", (1.5, 2.5)), ("demo-target-priced", (10.0, 20.0)), ("demo-echo", None)])
 def test_configured_prices(client: openai.OpenAI, model: str, rates: tuple[float, float] | None) -> None:
     raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "four words right here"}])

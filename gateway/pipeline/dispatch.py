@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -146,6 +147,8 @@ async def open_stream(
         response = await _send(op, body, deployment, record, first_byte_s)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         stream = Stream(response, deployment.wire.stream(op, include_usage), record)
+        if deployment.price is not None:
+            stream.state.cost = partial(cost_usd, deployment.price)
         await stream.open()
     finally:
         record.upstream_s += time.perf_counter() - started

@@ -7,6 +7,7 @@ bodies. It never touches a socket: the dispatcher sends what it builds through a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -83,6 +84,14 @@ class StreamState:
     text: list[str] = field(default_factory=list)  # completion text, for estimates and traces: the first KEEP_TEXT chars
     kept_chars: int = 0
     dropped_chars: int = 0  # text beyond KEEP_TEXT, only counted, so a stream's memory stays bounded
+    cost: Callable[[Usage], float] | None = None  # the deployment's price, when it has one
+
+    def usage_json(self, usage: Usage) -> dict[str, Any]:
+        """Usage as a stream's usage chunk carries it: with `cost_usd` when the deployment is priced."""
+        out = usage.as_openai()
+        if self.cost is not None:
+            out["cost_usd"] = self.cost(usage)
+        return out
 
     def add_text(self, text: str) -> None:
         if self.kept_chars < KEEP_TEXT:

@@ -3,7 +3,9 @@
 The request goes up almost as the client sent it: the model name is swapped for the deployment's
 and streams ask for usage. Answers are relayed byte for byte once they have parsed; only a stream's
 usage-only chunk is dropped when the gateway (not the client) asked for it, because clients that
-did not ask for it often index `choices[0]` and would fail on its empty list.
+did not ask for it often index `choices[0]` and would fail on its empty list, and, for a priced
+deployment, the chunk carrying usage is re-written with `usage.cost_usd`, as every answer the
+gateway writes has it.
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ class OpenAIStream:
                     state.finish_reason = choice["finish_reason"]
         elif usage and not state.include_usage:
             return b""
+        if usage and state.usage is not None and state.cost is not None:  # the one chunk not relayed as it came: priced
+            chunk["usage"] = {**usage, "cost_usd": state.cost(state.usage)}
+            return frame(orjson.dumps(chunk))
         return frame(data)
 
 

@@ -159,7 +159,7 @@ class Chunks:
             "choices": choices,
         }
         if usage is not None:
-            chunk["usage"] = usage.as_openai()
+            chunk["usage"] = self.state.usage_json(usage)
         return frame(orjson.dumps(chunk))
 
     def delta(self, delta: dict[str, Any], finish: str | None = None, index: int = 0) -> bytes:
