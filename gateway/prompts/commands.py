@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from gateway.admin_client import AdminError, bearer, call
 from gateway.config import ConfigError, default_path, load
 from gateway.config.problems import from_validation
 from gateway.errors import GatewayError
@@ -42,23 +43,11 @@ class CommandError(Exception):
         self.code = code
 
 
-def _headers(args: argparse.Namespace) -> dict[str, str]:
-    return {"authorization": f"Bearer {args.key}"} if args.key else {}
-
-
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
     try:
-        reply = httpx.request(method, args.url.rstrip("/") + path, headers=_headers(args), timeout=300, **kwargs)
-    except httpx.HTTPError as exc:
-        raise CommandError(f"cannot reach the gateway at {args.url}: {exc}") from None
-    try:
-        body = reply.json()
-    except ValueError:
-        body = None
-    if reply.status_code >= 400:
-        message = body["error"]["message"] if isinstance(body, dict) and "error" in body else reply.text[:200]
-        raise CommandError(f"HTTP {reply.status_code}: {message}", code=2 if reply.status_code in {401, 403, 404} else 1)
-    return body
+        return call(method, args.url, path, args.key, 300, **kwargs)
+    except AdminError as exc:  # unreachable, or the key or the prompt is wrong: 2; refused otherwise: 1
+        raise CommandError(str(exc), code=2 if exc.status in {None, 401, 403, 404} else 1) from None
 
 
 def _local(args: argparse.Namespace) -> Registry:
@@ -175,7 +164,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace, prompt_id: str, version: int, cases: list[PromptCase]) -> list[Any]:
     async with httpx.AsyncClient(base_url=args.url.rstrip("/"), timeout=300) as client:
-        return await run_cases(client, prompt_id, version, cases, _headers(args))
+        return await run_cases(client, prompt_id, version, cases, bearer(args.key))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
 import orjson
 from pydantic import ValidationError
 
+from gateway.admin_client import AdminError, call
 from gateway.config import ConfigError, default_path
 from gateway.config.load import read_toml
 from gateway.config.problems import from_validation
@@ -95,31 +95,14 @@ def _open(config_arg: str | None) -> Any:
     return store.connect(store.sqlite_path(state.traces, lambda p: base / Path(p).expanduser()), readonly=True)
 
 
-class ApiError(Exception):
-    """The gateway's admin API could not be reached or refused."""
-
-
 class Api:
     """The trace store through a running gateway's `GET /admin/traces`, page by page."""
 
     def __init__(self, url: str, key: str | None, page_size: int) -> None:
-        self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {key}"} if key else {}, timeout=60)
-        self.page_size = page_size
+        self.url, self.key, self.page_size = url, key, page_size
 
     def _page(self, params: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
-        try:
-            reply = self.http.get("/admin/traces", params=params)
-        except httpx.HTTPError as exc:
-            raise ApiError(f"cannot reach the gateway at {self.url}: {exc}") from None
-        try:
-            body = reply.json()
-        except ValueError:
-            body = None
-        if reply.status_code != 200 or not isinstance(body, dict):
-            error = body.get("error") if isinstance(body, dict) else None
-            message = error["message"] if isinstance(error, dict) and "message" in error else reply.text[:200]
-            raise ApiError(f"{self.url}: HTTP {reply.status_code}: {message}")
+        body = call("GET", self.url, "/admin/traces", self.key, 60, params=params)
         return body["data"], body["next_cursor"]
 
     def scan(self, params: dict[str, Any], after: int | None = None) -> Iterator[dict[str, Any]]:
@@ -214,7 +197,7 @@ def _run(command: Any) -> Any:
         try:
             code: int = command(args)
             return code
-        except (ConfigError, store.StoreError, ValueError, ApiError) as exc:
+        except (ConfigError, store.StoreError, ValueError, AdminError) as exc:
             print(f"gateway traces: {exc}", file=sys.stderr)
             return 1
 
