@@ -292,3 +292,31 @@ def test_a_rate_limit_says_when_to_retry(client: openai.OpenAI, gemini: FakeGemi
         client.chat.completions.create(model="gemini-flash", messages=[{"role": "user", "content": "x"}])
     assert info.value.response.headers["retry-after"] == header
     assert "Resource has been exhausted" in info.value.message
+
+
+def test_reasoning_effort_is_a_thinking_budget_and_thoughts_are_reasoning_content(client: openai.OpenAI, gemini: FakeGemini) -> None:
+    answer = client.chat.completions.create(model="gemini-flash", messages=[{"role": "user", "content": "why"}], reasoning_effort="medium")
+    assert gemini.requests[0].json["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 8192, "includeThoughts": True}
+    message = answer.choices[0].message
+    assert message.content == "echo: why" and (message.model_extra or {})["reasoning_content"] == "Thinking about: why"
+    assert answer.usage is not None and answer.usage.completion_tokens == 2 + 3  # the thoughts are billed as output
+    stream = client.chat.completions.create(
+        model="gemini-flash", messages=[{"role": "user", "content": "why not"}], reasoning_effort="low", stream=True
+    )
+    reasoning, text = "", ""
+    for chunk in stream:
+        delta = chunk.choices[0].delta
+        if (delta.model_extra or {}).get("reasoning_content"):
+            assert not text  # thoughts come first
+            reasoning += delta.model_extra["reasoning_content"]  # type: ignore[index]
+        text += delta.content or ""
+    assert (reasoning, text) == ("Thinking about: why not", "echo: why not")
+    assert gemini.requests[1].json["generationConfig"]["thinkingConfig"]["thinkingBudget"] == 1024
+    off = client.chat.completions.create(model="gemini-flash", messages=[{"role": "user", "content": "x"}], reasoning_effort="none")
+    assert gemini.requests[2].json["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 0}
+    assert "reasoning_content" not in (off.choices[0].message.model_extra or {})
+    with pytest.raises(openai.BadRequestError, match="reasoning_effort must be one of"):
+        client.chat.completions.create(
+            model="gemini-flash", messages=[{"role": "user", "content": "x"}], extra_body={"reasoning_effort": "max"}
+        )
+    assert len(gemini.requests) == 3

@@ -541,7 +541,12 @@ def test_gemini_reply() -> None:
     reply = GeminiWire().reply(Operation.CHAT, GEMINI_RESPONSE)
     assert reply.data["id"] == "mAitaLmkHPPlz7IPvtfUqQ4" and reply.data["model"] == "gemini-2.5-flash"
     assert reply.data["choices"] == [
-        {"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help?"}, "logprobs": None, "finish_reason": "stop"}
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello! How can I help?", "reasoning_content": "thinking..."},  # the thought part
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
     ]
     assert reply.data["usage"] == {
         "prompt_tokens": 8,

@@ -13,6 +13,11 @@ A safety block (`finishReason` SAFETY, PROHIBITED_CONTENT...; or `promptFeedback
 a blocked prompt, which has no candidates) answers 200 with finish_reason `content_filter`.
 Gemini issues no tool-call ids: calls get `call_<n>`, numbered within the response.
 
+Thinking: `reasoning_effort` becomes `generationConfig.thinkingConfig` with Google's own mapping
+(none 0, minimal and low 1024, medium 8192, high 24576 tokens) and `includeThoughts`, so the thought
+summaries come back as `message.reasoning_content` (streams: `delta.reasoning_content`), as do thought
+parts whatever asked for them; they are never part of `content`.
+
 Streams (`:streamGenerateContent?alt=sse`) carry whole response objects, each a slice of the text
 (function calls arrive whole), the last with `finishReason` and the final `usageMetadata`; there
 is no end marker, so a stream is complete once every candidate has finished.
@@ -61,6 +66,7 @@ DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
 UNSUPPORTED_SCHEMA_KEYS = frozenset({"$schema", "additionalProperties"})
 TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+THINKING_BUDGETS = {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192, "high": 24576}  # reasoning_effort -> tokens
 GENERATION = {
     "temperature": "temperature",
     "top_p": "topP",
@@ -174,6 +180,12 @@ def generation_config(body: dict[str, Any]) -> dict[str, Any]:
     json_schema = response_format.get("json_schema") if kind == "json_schema" and isinstance(response_format, dict) else None
     if isinstance(json_schema, dict) and isinstance(json_schema.get("schema"), dict):
         config["responseSchema"] = schema(json_schema["schema"])
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort not in THINKING_BUDGETS:
+            raise BadRequest(f"reasoning_effort must be one of {', '.join(THINKING_BUDGETS)}, not {effort!r}.", param="reasoning_effort")
+        budget = THINKING_BUDGETS[effort]
+        config["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": True} if budget else {"thinkingBudget": 0}
     return config
 
 
@@ -223,13 +235,19 @@ def finish_reason(reason: Any, called: bool) -> str | None:
     return "tool_calls" if called else "stop"
 
 
-def _candidate_parts(candidate: dict[str, Any], first_call: int) -> tuple[str, list[dict[str, Any]]]:
-    """The visible text and the function calls (numbered from `first_call`) of one candidate."""
+def _candidate_parts(candidate: dict[str, Any], first_call: int) -> tuple[str, list[dict[str, Any]], str]:
+    """The visible text, the function calls (numbered from `first_call`) and the thought summaries
+    (text parts marked `thought`) of one candidate."""
     content = field(candidate, "content")
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
     for part in content.get("parts") or []:
-        if not isinstance(part, dict) or part.get("thought"):
+        if not isinstance(part, dict):
+            continue
+        if part.get("thought"):
+            if isinstance(part.get("text"), str):
+                thoughts.append(part["text"])
             continue
         if isinstance(part.get("text"), str):
             texts.append(part["text"])
@@ -237,7 +255,7 @@ def _candidate_parts(candidate: dict[str, Any], first_call: int) -> tuple[str, l
         if isinstance(call, dict):
             call_id = call.get("id") or f"call_{first_call + len(calls)}"
             calls.append(tool_call(call_id, call.get("name") or "", orjson.dumps(call.get("args") or {})))
-    return "".join(texts), calls
+    return "".join(texts), calls, "".join(thoughts)
 
 
 def _candidates(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -262,9 +280,11 @@ def chat_reply(raw: bytes) -> Reply:
         raise garbage()
     choices, calls_so_far = [], 0
     for i, candidate in enumerate(_candidates(data)):
-        text, calls = _candidate_parts(candidate, calls_so_far)
+        text, calls, thoughts = _candidate_parts(candidate, calls_so_far)
         calls_so_far += len(calls)
         choices.append(choice(candidate.get("index", i), text, calls, finish_reason(candidate.get("finishReason"), bool(calls))))
+        if thoughts:
+            choices[-1]["message"]["reasoning_content"] = thoughts
     if not choices:
         choices = [choice(0, "", [], "content_filter")]
     usage = usage_of(data.get("usageMetadata"))
@@ -337,8 +357,10 @@ class GeminiStream:
 
     def _candidate(self, candidate: dict[str, Any], position: int) -> bytes:
         index = candidate.get("index", position)
-        text, calls = _candidate_parts(candidate, self._calls)
-        out = [self._chunks.text(text, index)] if text else []
+        text, calls, thoughts = _candidate_parts(candidate, self._calls)
+        out = [self._chunks.delta({"reasoning_content": thoughts}, index=index)] if thoughts else []
+        if text:
+            out.append(self._chunks.text(text, index))
         if calls:
             self._called.add(index)
             deltas = [{"index": self._calls + i, **call} for i, call in enumerate(calls)]

@@ -16,7 +16,10 @@ Answers are deterministic: "echo: " + the text of the last user turn; with `tool
 that text, a `functionCall` of the first declared function with TOOL_ARGS. Token counts are
 whitespace-separated words. Streams send the text in `chunks` pieces, every event carrying the
 usage so far; the last carries `finishReason` and the final `usageMetadata`. Embeddings are
-`expected_embedding(text, outputDimensionality or 8)`.
+`expected_embedding(text, outputDimensionality or 8)`. With `thinkingConfig.includeThoughts` and a
+budget above 0, the text answer starts with a thought part ("Thinking about: " + that text,
+`"thought": true`; streamed whole in the first event) counted as `thoughtsTokenCount`; a budget
+outside 0..24576 is refused.
 """
 
 from __future__ import annotations
@@ -111,6 +114,11 @@ def validate(req: Any) -> None:
             _check_part(part)
     for part in (req.get("systemInstruction") or {}).get("parts", []):
         _check_part(part)
+    thinking = (req.get("generationConfig") or {}).get("thinkingConfig")
+    if thinking is not None:
+        budget = thinking.get("thinkingBudget") if isinstance(thinking, dict) else None
+        if set(thinking or {}) - {"thinkingBudget", "includeThoughts"} or not isinstance(budget, int) or not 0 <= budget <= 24576:
+            raise InvalidArgument("Unable to submit request because thinking budget is out of range; supported values are 0 to 24576.")
     if _find_key(req.get("tools"), "additionalProperties"):
         raise InvalidArgument("Invalid JSON payload received. Unknown name \"additionalProperties\" at 'tools[0].function_declarations'")
 
@@ -175,11 +183,17 @@ class FakeGemini(FakeOpenAI):
             text = "echo: " + user_text
             candidate |= {"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP"}
             output = _words(text)
-        usage = {"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output + b.thoughts}
+        thinking = (req.get("generationConfig") or {}).get("thinkingConfig") or {}
+        thoughts = b.thoughts
+        if thinking.get("includeThoughts") and thinking.get("thinkingBudget") and "content" in candidate:
+            thought = "Thinking about: " + user_text
+            candidate["content"]["parts"].insert(0, {"text": thought, "thought": True})
+            thoughts += _words(thought)
+        usage = {"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output + thoughts}
         if b.cached:
             usage["cachedContentTokenCount"] = b.cached
-        if b.thoughts:
-            usage["thoughtsTokenCount"] = b.thoughts
+        if thoughts:
+            usage["thoughtsTokenCount"] = thoughts
         return {"candidates": [candidate], "usageMetadata": usage, **head}
 
     @staticmethod
@@ -188,7 +202,9 @@ class FakeGemini(FakeOpenAI):
             return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\r\n\r\n"
 
         candidates = answer.get("candidates")
-        parts = ((candidates or [{}])[0].get("content") or {}).get("parts") or []
+        every = ((candidates or [{}])[0].get("content") or {}).get("parts") or []
+        thought = [p for p in every if p.get("thought")]
+        parts = [p for p in every if not p.get("thought")]
         if not candidates or not parts or "text" not in parts[0]:
             return [event(answer)]  # blocks and function calls arrive whole
         usage = answer["usageMetadata"]
@@ -196,6 +212,9 @@ class FakeGemini(FakeOpenAI):
         head = {k: answer[k] for k in ("modelVersion", "responseId")}
         pieces = [p for p in split(parts[0]["text"], b.chunks) if p]
         events = []
+        if thought:
+            first = {"content": {"parts": thought, "role": "model"}, "index": 0}
+            events.append(event({"candidates": [first], "usageMetadata": early_usage, **head}))
         for i, piece in enumerate(pieces):
             candidate: dict[str, Any] = {"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0}
             last = i == len(pieces) - 1
