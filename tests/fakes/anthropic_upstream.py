@@ -167,15 +167,17 @@ class FakeAnthropic(FakeOpenAI):
     """A fake Anthropic on 127.0.0.1 (see the module docstring)."""
 
     base_path = ""
+    behavior_type = Behavior
+
+    def _scripted_error(self, n: int, behavior: Behavior) -> web.Response:
+        return self._anthropic_error(n, behavior, behavior.status, behavior.message)
 
     async def _respond(
         self, request: web.Request, parsed: Any, raw: bytes, behavior: openai_upstream.Behavior, n: int
     ) -> web.StreamResponse:
-        b = behavior if isinstance(behavior, Behavior) else Behavior(**vars(behavior))
-        if b.body is not None:
-            return self._reply(n, b, b.body, "application/json")
-        if b.status >= 400:
-            return self._anthropic_error(n, b, b.status, b.message)
+        b, scripted = self._scripted(behavior, n)
+        if scripted is not None:
+            return scripted
         if (request.method, request.path) != ("POST", "/v1/messages"):
             return self._anthropic_error(n, b, 404, f"Not found: {request.method} {request.path}")
         if not request.headers.get("x-api-key"):

@@ -127,15 +127,17 @@ class FakeGemini(FakeOpenAI):
     """A fake Gemini on 127.0.0.1 (see the module docstring)."""
 
     base_path = ""
+    behavior_type = Behavior
+
+    def _scripted_error(self, n: int, behavior: Behavior) -> web.Response:
+        return self._error_reply(n, behavior, behavior.status, behavior.message)
 
     async def _respond(
         self, request: web.Request, parsed: Any, raw: bytes, behavior: openai_upstream.Behavior, n: int
     ) -> web.StreamResponse:
-        b = behavior if isinstance(behavior, Behavior) else Behavior(**vars(behavior))
-        if b.body is not None:
-            return self._reply(n, b, b.body, "application/json")
-        if b.status >= 400:
-            return self._error_reply(n, b, b.status, b.message)
+        b, scripted = self._scripted(behavior, n)
+        if scripted is not None:
+            return scripted
         prefix, _, rest = request.path.partition("/v1beta/models/")
         model, _, method = rest.partition(":")
         if request.method != "POST" or prefix or not model or method not in METHODS:

@@ -754,6 +754,22 @@ class FakeOpenAI:
             headers[name] = value  # case-insensitive replace
         return headers
 
+    behavior_type: type[Behavior] = Behavior  # a provider fake's own Behavior subclass
+
+    def _scripted(self, behavior: Behavior, n: int) -> tuple[Any, web.Response | None]:
+        """For a provider fake: the script entry as its own Behavior type, and the answer the script
+        imposes instead of a normal one (raw `body` bytes, or an error of `status`), if any."""
+        b = behavior if isinstance(behavior, self.behavior_type) else self.behavior_type(**vars(behavior))
+        if b.body is not None:
+            return b, self._reply(n, b, b.body, "application/json")
+        if b.status >= 400:
+            return b, self._scripted_error(n, b)
+        return b, None
+
+    def _scripted_error(self, n: int, behavior: Any) -> web.Response:
+        """A scripted error status, in this provider's error format (overridden by the provider fakes)."""
+        return self._error(n, behavior, behavior.status)
+
     def _reply(self, n: int, behavior: Behavior, body: bytes, content_type: str) -> web.Response:
         headers = self._headers(n, behavior, content_type)
         return web.Response(status=behavior.status, body=body, headers=headers)
