@@ -383,7 +383,6 @@ class WriterProcess:
         self._listener.listen(256)
         self._stopped = threading.Event()
         self._lock = threading.Lock()
-        self.restarts = 0
         self._process = self._spawn()
         threading.Thread(target=self._watch, name="trace-writer-watch", daemon=True).start()
 
@@ -408,7 +407,6 @@ class WriterProcess:
                 if self._stopped.is_set():
                     return
                 self._process = self._spawn()
-                self.restarts += 1
 
     def stop(self, timeout: float | None = None) -> int | None:
         """Tell the writer that no more workers will come, wait for it to flush, and clean up."""
