@@ -51,6 +51,28 @@ async def test_store_contract(store: Store) -> None:
     assert await store.get("short") is None
 
 
+async def test_concurrent_lookups_share_mgets_and_each_gets_its_own_value() -> None:
+    need_redis()
+    import redis.asyncio as redis
+
+    store = open_store(f"{SHARED}?prefix={prefix()}")
+    raw = redis.Redis.from_url(SHARED)
+    try:
+        for i in range(0, 300, 2):  # every other key is absent
+            await store.set(f"k{i}", f"value {i}".encode(), 30)
+
+        async def mgets() -> int:
+            return int((await raw.info("commandstats")).get("cmdstat_mget", {}).get("calls", 0))
+
+        before = await mgets()
+        values = await asyncio.gather(*(store.get(f"k{i}") for i in range(300)))
+        assert values == [f"value {i}".encode() if i % 2 == 0 else None for i in range(300)]
+        assert 2 <= await mgets() - before <= 10  # 300 lookups in a handful of MGETs of at most 256 keys
+    finally:
+        await raw.aclose()
+        await store.close()
+
+
 async def test_redis_keys_carry_the_prefix_and_a_ttl() -> None:
     need_redis()
     import redis.asyncio as redis
