@@ -117,23 +117,34 @@ async def test_twenty_identical_requests_make_one_upstream_call(gw: GatewayProce
     answers = {r.parse().choices[0].message.content for r in replies}
     assert answers == {"echo: " + body[0]["content"]}
     assert all(r.headers["x-gateway-target"] == "fake/up-cached" for r in replies)
+    for reply in replies:  # followers are told what they are billed: every prompt token cached, cost 0, like a hit
+        usage, follower = reply.parse().usage, reply.headers["x-gateway-cache"] == "coalesced"
+        cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+        assert usage.prompt_tokens > 0 and (cached == usage.prompt_tokens) == follower
+        assert (float(reply.headers["x-gateway-cost-usd"]) == 0.0) == follower
 
 
 async def test_identical_streams_share_one_call_and_late_arrivals_get_every_chunk(gw: GatewayProcess, fake: FakeOpenAI) -> None:
     fake.script(Behavior(chunks=8, chunk_delay_s=0.05))
     body = messages()
 
-    async def read(delay: float) -> tuple[str, str]:
+    async def read(delay: float) -> tuple[str, str, Any]:
         await asyncio.sleep(delay)
         async with async_client(gw) as c:
-            raw = await c.chat.completions.with_raw_response.create(model="cached", messages=body, stream=True)
-            text = "".join([ch.choices[0].delta.content or "" async for ch in raw.parse() if ch.choices])
-            return raw.headers["x-gateway-cache"], text
+            raw = await c.chat.completions.with_raw_response.create(
+                model="cached", messages=body, stream=True, stream_options={"include_usage": True}
+            )
+            chunks = [ch async for ch in raw.parse()]
+            text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+            return raw.headers["x-gateway-cache"], text, chunks[-1].usage
 
     results = await asyncio.gather(*(read(0.03 * i) for i in range(10)))  # some arrive mid-stream
     assert upstream_calls(fake) == 1
-    assert sorted(h for h, _ in results) == ["coalesced"] * 9 + ["miss"]
-    assert {t for _, t in results} == {"echo: " + body[0]["content"]}
+    assert sorted(h for h, _, _ in results) == ["coalesced"] * 9 + ["miss"]
+    assert {t for _, t, _ in results} == {"echo: " + body[0]["content"]}
+    for result, _, usage in results:  # the leader's usage chunk as priced; the followers' as a hit's
+        cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+        assert (cached == usage.prompt_tokens > 0, usage.model_extra["cost_usd"] == 0.0) == ((result == "coalesced",) * 2)
 
 
 async def test_the_leader_leaving_does_not_stop_the_call_for_the_others(gw: GatewayProcess, fake: FakeOpenAI) -> None:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from gateway.providers.base import Usage
+from gateway.providers.base import Usage, usage_from_openai
 from gateway.sse import DONE, SSEDecoder, frame
 
 
@@ -28,10 +28,41 @@ class Entry(NamedTuple):
     response_model: str | None
 
 
-def encode(data: dict[str, Any], usage: Usage, priced: bool) -> bytes:
+def hit_usage(usage: Usage, priced: bool) -> dict[str, Any]:
+    """OpenAI usage as a hit (or a coalesced follower) reports it: every prompt token cached, cost 0."""
     hit = Usage(usage.prompt_tokens, usage.completion_tokens, cached_tokens=usage.prompt_tokens).as_openai()
     if priced:
         hit["cost_usd"] = 0.0
+    return hit
+
+
+def as_reused(body: bytes) -> bytes:
+    """An answer's JSON, or a piece of its SSE stream (whole events, as the relay sends them), with
+    any usage in it reported as `hit_usage` does: what a coalesced follower gets of the leader's bytes."""
+    if b'"usage"' not in body:
+        return body
+    if not body.startswith((b"data:", b"event:")):
+        return _reused(body)
+    events = body.split(b"\n\n")
+    for i, event in enumerate(events):
+        if event.startswith(b"data: {") and b'"usage"' in event:
+            events[i] = b"data: " + _reused(event[6:])
+    return b"\n\n".join(events)
+
+
+def _reused(raw: bytes) -> bytes:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw
+    usage = usage_from_openai(data.get("usage")) if isinstance(data, dict) else None
+    if usage is None:
+        return raw
+    return orjson.dumps({**data, "usage": hit_usage(usage, "cost_usd" in data["usage"])})
+
+
+def encode(data: dict[str, Any], usage: Usage, priced: bool) -> bytes:
+    hit = hit_usage(usage, priced)
     header = orjson.dumps([usage.prompt_tokens, usage.completion_tokens, int(priced), data.get("id"), data.get("model")])
     return header + b"\n" + orjson.dumps({**data, "usage": hit})
 

@@ -9,12 +9,12 @@ For a request of a model with `cache` on:
 3. Otherwise the request joins the call in flight for the same (scope, key, reply shape), and is
    `coalesced`, or starts one and is the `miss`. The call runs on a record of its own; when it ends,
    each subscriber copies what it learned (the leader its usage and cost, the others the usage as
-   cached tokens and a cost of zero, as for a hit). A complete, successful answer is written to the
-   store.
+   cached tokens and a cost of zero, as for a hit, which is also what the usage in their bytes is
+   rewritten to say: `entry.as_reused`). A complete, successful answer is written to the store.
 
 Coalescing covers cacheable requests only: sharing one sampled answer between requests that asked
 for randomness would change what they get. Calls are shared per reply shape (JSON, stream, stream
-with usage), so every subscriber receives exactly the bytes the call produced; a JSON and a
+with usage), so every subscriber receives the bytes the call produced (usage aside); a JSON and a
 streaming request for the same key make two calls, and either is later answered from the cache.
 A failing store is bypassed for the request (`x-gateway-cache: bypass`, counted in
 `gateway_cache_errors_total`); the request still coalesces.
@@ -185,6 +185,8 @@ class Reuse:
         finally:
             flight.leave()
         adopt(record, flight.record, record.cache != "coalesced")
+        if record.cache == "coalesced":
+            answer = entry.as_reused(answer[0]), answer[1]
         return self._json(answer, record, headers)
 
     # answers ---------------------------------------------------------------------------------
@@ -231,10 +233,10 @@ class Reuse:
         return SSEResponse(self._follow(flight, record, finish), out, self.keepalive_s)
 
     async def _follow(self, flight: Flight[Answer], record: Record, finish: Callable[[], None]) -> AsyncGenerator[bytes, None]:
-        complete = False
+        complete, follower = False, record.cache == "coalesced"
         try:
             async for chunk in flight.follow():
-                yield chunk
+                yield entry.as_reused(chunk) if follower else chunk
             complete = True
         finally:
             flight.leave()
