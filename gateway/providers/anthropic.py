@@ -15,7 +15,7 @@ Usage: OpenAI counts cached prompt tokens inside `prompt_tokens`; Anthropic repo
 `prompt_tokens_details.cached_tokens` and the writes as `prompt_tokens_details.cache_creation_tokens`.
 
 Extended thinking: `reasoning_effort` (`minimal`/`low`/`medium`/`high`) turns it on with a budget of
-1024/1024/2048/4096 tokens, or a `thinking` object in the body (SDK: `extra_body`) goes as it is;
+1024/1024/2048/4096 tokens (`none` leaves it off), or a `thinking` object in the body (SDK: `extra_body`) goes as it is;
 `max_tokens` must then exceed the budget (absent, it is the budget plus 4096). As other gateways do,
 the answer's thinking comes back as `message.reasoning_content` (the text) and
 `message.thinking_blocks` (Anthropic's `thinking` blocks with their signatures, and
@@ -51,6 +51,7 @@ from gateway.providers.shapes import (
     function_of,
     image_url,
     parts_of,
+    reasoning_budget,
     single_choice,
     stop_sequences,
     text_of,
@@ -66,7 +67,7 @@ from gateway.upstream import UpstreamRequest
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MAX_TOKENS = 4096
-THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096}  # reasoning_effort -> budget_tokens
+THINKING_BUDGETS = {"none": 0, "minimal": 1024, "low": 1024, "medium": 2048, "high": 4096}  # reasoning_effort -> budget_tokens
 THINKING_BLOCKS = ("thinking", "redacted_thinking")
 
 STOP_REASONS = {
@@ -182,12 +183,8 @@ def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
     given = body.get("thinking")
     if isinstance(given, dict):
         return given
-    effort = body.get("reasoning_effort")
-    if effort is None or effort == "none":
-        return None
-    if effort not in THINKING_BUDGETS:
-        raise BadRequest(f"reasoning_effort must be one of {', '.join(THINKING_BUDGETS)}, not {effort!r}.", param="reasoning_effort")
-    return {"type": "enabled", "budget_tokens": THINKING_BUDGETS[effort]}
+    budget = reasoning_budget(body, THINKING_BUDGETS)
+    return {"type": "enabled", "budget_tokens": budget} if budget else None
 
 
 def messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:

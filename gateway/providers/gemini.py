@@ -49,6 +49,7 @@ from gateway.providers.shapes import (
     function_of,
     image_url,
     parts_of,
+    reasoning_budget,
     stop_sequences,
     text_of,
     token_cap,
@@ -180,11 +181,8 @@ def generation_config(body: dict[str, Any]) -> dict[str, Any]:
     json_schema = response_format.get("json_schema") if kind == "json_schema" and isinstance(response_format, dict) else None
     if isinstance(json_schema, dict) and isinstance(json_schema.get("schema"), dict):
         config["responseSchema"] = schema(json_schema["schema"])
-    effort = body.get("reasoning_effort")
-    if effort is not None:
-        if effort not in THINKING_BUDGETS:
-            raise BadRequest(f"reasoning_effort must be one of {', '.join(THINKING_BUDGETS)}, not {effort!r}.", param="reasoning_effort")
-        budget = THINKING_BUDGETS[effort]
+    budget = reasoning_budget(body, THINKING_BUDGETS)
+    if budget is not None:
         config["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": True} if budget else {"thinkingBudget": 0}
     return config
 

@@ -121,6 +121,17 @@ def token_cap(body: dict[str, Any]) -> int | None:
     return cap if isinstance(cap, int) else None
 
 
+def reasoning_budget(body: dict[str, Any], budgets: dict[str, int]) -> int | None:
+    """The thinking budget in tokens a request's `reasoning_effort` asks of a provider (`budgets`: its
+    mapping), None without one; an effort the provider has no budget for is a 400."""
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        return None
+    if effort not in budgets:
+        raise BadRequest(f"reasoning_effort must be one of {', '.join(budgets)}, not {effort!r}.", param="reasoning_effort")
+    return budgets[effort]
+
+
 def tool_call(call_id: str, name: str, arguments: bytes | str) -> dict[str, Any]:
     args = arguments.decode() if isinstance(arguments, bytes) else arguments
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
