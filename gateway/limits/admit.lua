@@ -52,7 +52,8 @@ for c = 1, n do
     if new - now - extra > 0.001 then return {0, c, math.ceil(new - now - extra)} end
     plans[c] = {new}
   elseif kind == 'conc' then
-    if redis.call('ZCARD', key) >= limit then -- only then are lapsed leases (of dead processes) swept
+    -- each lease is scored by its own expiry; only at the cap are lapsed ones (of dead processes) swept
+    if redis.call('ZCARD', key) >= limit then
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
       if redis.call('ZCARD', key) >= limit then return {0, c, 1000} end
     end
@@ -74,7 +75,8 @@ for c = 1, n do
     redis.call('SET', key, string.format('%.3f', new), 'PX', math.max(1, math.ceil(new - now)))
   elseif kind == 'conc' then
     redis.call('ZADD', key, now + extra, lease)
-    redis.call('PEXPIRE', key, extra)
+    -- the set lives as long as its longest lease: a short request never cuts a long stream's lease
+    if redis.call('PTTL', key) < extra then redis.call('PEXPIRE', key, extra) end
   else
     local full, ends = plans[c][1], plans[c][2]
     redis.call('HINCRBY', full, 'r', string.format('%d', amount))
