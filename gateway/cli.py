@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 
@@ -105,7 +107,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. In a pipe whose reader has gone (`... | head`) or on Ctrl-C, exit quietly with the
+    code a shell would give a command killed by that signal, instead of a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit, which would raise once more: point it at /dev/null first
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
     return code

@@ -184,11 +184,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
             args.lines,
             args.interval,
         )
-    try:
-        for trace in rows:
-            print(line(trace), flush=True)
-    except KeyboardInterrupt:
-        pass
+    for trace in rows:  # until Ctrl-C (`gateway.cli.main` exits 130, quietly)
+        print(line(trace), flush=True)
     return 0
 
 
