@@ -200,7 +200,7 @@ class Gateway:
             raise NotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model", code="model_not_found")
         if model not in principal.models:
             raise PermissionDenied(f"This key may not use the model `{model}`.", param="model", code="model_not_allowed")
-        return route
+        return route.within(principal.models)  # rules and fallbacks to models the team may not use are cut
 
     def _apply_prompt(self, body: dict[str, Any], principal: Principal, op: Operation, record: Record) -> dict[str, Any]:
         body, resolved = apply_prompt(body, self.prompts.registry, principal.prompts, op)
@@ -289,7 +289,7 @@ class Gateway:
                     code="request_tokens_exceeded",
                 )
         if route.rules:
-            route, record.route_rule = pick_model(live.catalog, route, body, headers.get("x-gateway-route-tag"))
+            route, record.route_rule = pick_model(live.catalog, route, body, headers.get("x-gateway-route-tag"), principal.models)
         return principal, body, route
 
     async def proxy(self, request: Request, op: Operation) -> Response:

@@ -8,7 +8,7 @@ Wire formats and transports are chosen from a small kind -> factory table.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from gateway.config import Config, ConfigError, Problem
@@ -47,6 +47,24 @@ class ModelRoute:
     retries: int
     deadline_s: float
     rules: tuple[RuleSection, ...] = ()
+    reaches: frozenset[str] = frozenset()  # every other model its rules and fallbacks may hand a request to
+    _views: dict[frozenset[str], ModelRoute] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def within(self, allowed: frozenset[str]) -> ModelRoute:
+        """The route as a team that may use only `allowed` sees it: rules and fallbacks that lead
+        elsewhere are gone, so nothing downstream (rules, attempts, reservations) can reach them.
+        The same object when nothing is cut (the common case: a set check); views share the
+        balancer and are kept per kept subset, so their number is bounded by the config, not by
+        how many policy sets come and go."""
+        if self.reaches <= allowed:
+            return self
+        kept = self.reaches & allowed
+        view = self._views.get(kept)
+        if view is None:
+            rules = tuple(r for r in self.rules if r.model in kept)
+            fallbacks = tuple(f for f in self.fallbacks if f in kept)
+            view = self._views[kept] = replace(self, rules=rules, fallbacks=fallbacks, reaches=kept)
+        return view
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +122,15 @@ def build_catalog(config: Config, pool: Pool) -> Catalog:
                 )
             )
         balancer = Balancer([d.weight for d in deployments], section.strategy, section.sticky, section.eject_after, section.ejection_s)
+        reaches = frozenset(section.fallbacks) | {rule.model for rule in section.rules}
         models[model] = ModelRoute(
-            model, tuple(deployments), tuple(section.fallbacks), balancer, section.retries, section.deadline_s, tuple(section.rules)
+            model,
+            tuple(deployments),
+            tuple(section.fallbacks),
+            balancer,
+            section.retries,
+            section.deadline_s,
+            tuple(section.rules),
+            reaches,
         )
     return Catalog(models)

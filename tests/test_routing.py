@@ -1,13 +1,18 @@
-"""Routing decisions: weights are honoured, ejected targets get no traffic, probes restore them."""
+"""Routing decisions: weights are honoured, ejected targets get no traffic, probes restore them;
+rules and fallbacks never lead a request to a model its team may not use."""
 
 from __future__ import annotations
 
 import random
 
+import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.routing import Balancer, RetryBudget, backoff
+from tests.conftest import KEYS, GatewayFactory, config_for, sha
+from tests.fakes.openai_upstream import Behavior, FakeOpenAI
+from tests.traceutil import trace
 
 
 class Clock:
@@ -112,3 +117,91 @@ def test_retry_budget_and_backoff() -> None:
     assert backoff(1, 2.0, remaining_s=5.0, rng=rng) == 2.0
     assert backoff(1, 7.0, remaining_s=5.0, rng=rng) is None
     assert all(0 <= (backoff(3, None, 10.0, rng) or 0) <= 0.4 for _ in range(100))
+
+
+# -- a team's models bound its rules and fallbacks ------------------------------------------------
+MODELS = """
+[models.primary]
+targets = [{ provider = "fake", model = "primary-up" }]
+retries = 0
+fallbacks = ["secret", "spare"]
+
+[models.secret]
+targets = [{ provider = "fake", model = "secret-up" }]
+retries = 0
+
+[models.spare]
+targets = [{ provider = "fake", model = "spare-up" }]
+retries = 0
+
+[models.auto]
+targets = [{ provider = "fake", model = "auto-up" }]
+[[models.auto.rules]]
+name = "vip"
+model = "secret"
+route_tag = "vip"
+[[models.auto.rules]]
+name = "vip-spare"
+model = "spare"
+route_tag = "vip"
+"""
+TEAMS = f"""
+[teams.narrow]
+models = ["primary", "spare", "auto"]
+
+[teams.wide]
+models = ["*"]
+
+[[keys]]
+name = "narrow-app"
+team = "narrow"
+sha256 = "{sha(KEYS["beta"])}"
+
+[[keys]]
+name = "ops"
+team = "wide"
+admin = true
+sha256 = "{sha(KEYS["admin"])}"
+"""
+
+
+def post(gw_url: str, key: str, model: str, rid: str, **headers: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    return httpx.post(
+        gw_url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}", "x-request-id": rid, **headers}, timeout=30
+    )
+
+
+def test_a_rule_to_a_model_the_team_may_not_use_is_skipped(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:
+    gw = gateway_factory(config_for(fake.base_url, MODELS), {"p.toml": TEAMS})
+    wide = post(gw.url, KEYS["admin"], "auto", "wide-vip", **{"x-gateway-route-tag": "vip"})
+    assert wide.status_code == 200 and wide.headers["x-gateway-target"] == "fake/secret-up"
+    fake.reset()
+    narrow = post(gw.url, KEYS["beta"], "auto", "narrow-vip", **{"x-gateway-route-tag": "vip"})
+    assert narrow.status_code == 200 and narrow.headers["x-gateway-target"] == "fake/spare-up"  # the next rule that may serve
+    assert [r.json["model"] for r in fake.requests] == ["spare-up"]
+    seen = trace(gw, "narrow-vip")
+    assert seen["route_rule"] == "vip-spare" and [a["target"] for a in seen["attempts"]] == ["fake/spare-up"]
+    assert "secret" not in str(seen)
+    # asking for the model itself is still a 403, as before
+    denied = post(gw.url, KEYS["beta"], "secret", "narrow-direct")
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "model_not_allowed"
+
+
+def test_a_fallback_the_team_may_not_use_is_never_tried(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:
+    gw = gateway_factory(config_for(fake.base_url, MODELS), {"p.toml": TEAMS})
+    fake.script(Behavior(status=500), Behavior(status=500))  # the first two attempts fail, any later one succeeds
+    narrow = post(gw.url, KEYS["beta"], "primary", "narrow-fallback")
+    assert [r.json["model"] for r in fake.requests] == ["primary-up", "spare-up"]
+    assert narrow.status_code == 502  # the allowed chain's own error, not the answer `secret` would have given
+    seen = trace(gw, "narrow-fallback")
+    assert [(a["target"], a["error_type"]) for a in seen["attempts"]] == [
+        ("fake/primary-up", "upstream_server_error"),
+        ("fake/spare-up", "upstream_server_error"),
+    ]
+    assert "secret" not in str(seen)
+    fake.reset()
+    fake.script(Behavior(status=500), Behavior(status=500))
+    wide = post(gw.url, KEYS["admin"], "primary", "wide-fallback")  # a team that may use it: the whole chain
+    assert wide.status_code == 200 and wide.headers["x-gateway-target"] == "fake/spare-up"
+    assert [r.json["model"] for r in fake.requests] == ["primary-up", "secret-up", "spare-up"]

@@ -7,6 +7,9 @@ are not chained. `Attempts.serve` then tries the model's deployments, chosen by 
 and then each fallback model in order, as long as the error is retryable and the process-wide
 `RetryBudget` allows another retry. All of this happens before the first byte reaches the client;
 every attempt is recorded, and the balancer learns from each outcome (failures lead to ejection).
+
+Both work on the team's view of a route (`ModelRoute.within`, taken at admission): a rule or fallback
+leading to a model the team may not use is not in it, so it is never matched, tried or traced.
 """
 
 from __future__ import annotations
@@ -64,10 +67,14 @@ def _matches(rule: RuleSection, body: dict[str, Any], tag: str | None) -> bool:
     return True
 
 
-def pick_model(catalog: Catalog, route: ModelRoute, body: dict[str, Any], tag: str | None) -> tuple[ModelRoute, str | None]:
+def pick_model(
+    catalog: Catalog, route: ModelRoute, body: dict[str, Any], tag: str | None, allowed: frozenset[str]
+) -> tuple[ModelRoute, str | None]:
+    """`route` is already the team's view (`ModelRoute.within`): its rules lead only to models the
+    team may use. The picked model's fallbacks are cut to `allowed` the same way."""
     for rule in route.rules:
         if _matches(rule, body, tag):
-            return catalog.models[rule.model], rule.name
+            return catalog.models[rule.model].within(allowed), rule.name
     return route, None
 
 
