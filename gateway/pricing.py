@@ -6,6 +6,9 @@ A deployment's price is, in order: its target's `price`, its model's `price`, th
 prefix that ends at a "-", "@" or ":" of the name, so dated snapshots find their family without a
 row each; a vendor prefix before the last "/" is ignored.
 
+A price may also state `max_output_tokens`, the longest answer the model can give: budgets reserve
+that much output for a request that sets no cap of its own (`gateway/pipeline/limit.py`).
+
 `prompt_tokens` includes cached and cache-write tokens (OpenAI's convention, which the provider
 modules follow), so those are billed at their own rates and the rest at the input rate.
 """
@@ -46,7 +49,15 @@ def lookup(table: Mapping[str, Price], model: str) -> Price | None:
 
 
 def resolve(target: Price | None, model: Price | None, table: Mapping[str, Price], upstream_model: str) -> Price | None:
-    return target or model or lookup(table, upstream_model)
+    """The deployment's price. An override that does not state `max_output_tokens` keeps the table's
+    for the same upstream model: a negotiated rate does not change how long an answer may be."""
+    listed = lookup(table, upstream_model)
+    price = target or model
+    if price is None:
+        return listed
+    if price.max_output_tokens is None and listed is not None and listed.max_output_tokens is not None:
+        return price.model_copy(update={"max_output_tokens": listed.max_output_tokens})
+    return price
 
 
 def cost_usd(price: Price | None, usage: Usage) -> float:

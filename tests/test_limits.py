@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 import redis
 from hypothesis import given, settings
@@ -41,12 +42,24 @@ from tests.conftest import GatewayFactory, GatewayProcess, RedisServer, config_f
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 
 SHARED = "redis://127.0.0.1:6379/13"
-KEY = {name: f"sk-test-{name}-{uuid.uuid4().hex}" for name in ("limited", "own", "capped", "budget", "busy", "tokens")}
+KEY = {
+    name: f"sk-test-{name}-{uuid.uuid4().hex}" for name in ("limited", "own", "capped", "budget", "busy", "tokens", "thrifty", "pennies")
+}
 PRICED = """
 [models."priced"]
 targets = [{ provider = "fake", model = "gpt-4o-mini" }]
 retries = 0
 price = { input_per_million = 1000000.0, output_per_million = 1000000.0 }  # $1 a token: easy sums
+
+[models."cheap"]  # $1 a million tokens, upstream name in no table: no longest answer known
+targets = [{ provider = "fake", model = "house-model" }]
+retries = 0
+price = { input_per_million = 1.0, output_per_million = 1.0 }
+
+[models."cheap-long"]
+targets = [{ provider = "fake", model = "house-model" }]
+retries = 0
+price = { input_per_million = 1.0, output_per_million = 1.0, max_output_tokens = 100000 }
 """
 POLICY = f"""
 [teams.limited]
@@ -68,6 +81,14 @@ max_concurrent = 2
 [teams.tokens]
 models = ["*"]
 tpm = 40
+
+[teams.thrifty]
+models = ["*"]
+budget_usd_per_day = 0.05  # 4096 output tokens of "cheap" fit ($0.004), 100000 do not ($0.1)
+
+[teams.pennies]
+models = ["*"]
+budget_usd_per_day = 0.005  # gpt-4o-mini: 4096 output tokens fit ($0.0025), its 16384 do not ($0.0098)
 
 [[keys]]
 name = "limited-app"
@@ -99,6 +120,16 @@ sha256 = "{sha(KEY["busy"])}"
 name = "tokens-app"
 team = "tokens"
 sha256 = "{sha(KEY["tokens"])}"
+
+[[keys]]
+name = "thrifty-app"
+team = "thrifty"
+sha256 = "{sha(KEY["thrifty"])}"
+
+[[keys]]
+name = "pennies-app"
+team = "pennies"
+sha256 = "{sha(KEY["pennies"])}"
 """
 
 
@@ -132,7 +163,7 @@ def code(response: httpx.Response) -> str:
 
 # -- the arithmetic ------------------------------------------------------------------------------
 operations = st.lists(
-    st.tuples(st.integers(0, 40), st.floats(0, 1)),  # (worst-case cost reserved, fraction of it really spent)
+    st.tuples(st.integers(1, 40), st.floats(0, 1)),  # (worst-case cost reserved, at least 1; fraction of it really spent)
     min_size=1,
     max_size=60,
 )
@@ -156,9 +187,13 @@ def test_reservations_never_let_spend_pass_the_budget(budget: int, ops: list[tup
         else:
             worst, actual = held.pop(order.randrange(len(held)))
             spent, reserved = rules.settle(spent, reserved, worst, actual)
-        assert spent + reserved <= budget or all(w == 0 for w, _ in held)
-        assert spent <= budget
+        assert spent + reserved <= budget
     assert reserved == 0
+
+
+def test_a_spent_budget_fits_nothing() -> None:
+    assert rules.fits(0, 0, 100, 100) and not rules.fits(100, 0, 100, 1) and not rules.fits(99, 1, 100, 1)
+    assert not rules.fits(120, 0, 100, 0)  # spent past the budget (billed more than counted): not even a free request
 
 
 @given(limit=st.integers(1, 50), arrivals=st.lists(st.floats(0, 3 * MINUTE_MS), min_size=1, max_size=200))
@@ -351,6 +386,89 @@ def test_a_budget_burst_never_overspends(gateway_factory: GatewayFactory, fake: 
         (key,) = raw.keys(f"{prefix}usd:team:budget:*")
         assert int(raw.hget(key, "s")) == 33 * rules.NANO and int(raw.hget(key, "r")) == 0  # type: ignore[arg-type]
         assert 0 < raw.pttl(key) <= 2 * 86_400_000
+
+
+def backend_limits(backend: str) -> str:
+    return shared_limits() if backend == "redis" else "memory"
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_the_reservation_covers_every_choice_asked_for(gateway_factory: GatewayFactory, fake: FakeOpenAI, backend: str) -> None:
+    """$50 a day at $1 a token; "hi" counts 8 prompt tokens, billed once however many choices: with
+    max_tokens 12 one choice reserves $20, four reserve $56. A completion's `best_of` counts the same."""
+    gw = gateway_factory(config(fake.base_url, backend_limits(backend)), {"p.toml": POLICY})
+    with pytest.raises(openai.RateLimitError) as info:
+        client(gw, "budget").chat.completions.create(model="priced", messages=[{"role": "user", "content": "hi"}], max_tokens=12, n=4)
+    assert info.value.code == "budget_exceeded" and "could cost up to $56.000000" in info.value.message
+    completion = {"model": "priced", "prompt": "hi", "max_tokens": 15, "best_of": 4}  # 1 + 4 * 15 > 50
+    refused = httpx.post(gw.base_url + "/completions", json=completion, headers={"authorization": f"Bearer {KEY['budget']}"})
+    assert refused.status_code == 429 and code(refused) == "budget_exceeded"
+    assert len(fake.requests) == 0
+    assert ask(gw, "budget", model="priced", max_tokens=12, n=2).status_code == 200  # $32 reserved
+
+
+def test_caps_and_choices_that_are_not_positive_integers_are_refused(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:
+    """A cap of 0 or -1 used to reserve nothing against a budget (or a negative amount): a 400 naming the field."""
+    gw = gateway_factory(config(fake.base_url), {"p.toml": POLICY})
+    with pytest.raises(openai.BadRequestError) as info:
+        client(gw, "budget").chat.completions.create(model="priced", messages=[{"role": "user", "content": "hi"}], max_tokens=-1)
+    assert info.value.param == "max_tokens"
+    bad: list[tuple[str, object]] = [("max_tokens", v) for v in (0, 1.5, "x", True, -100)]
+    bad += [("max_completion_tokens", v) for v in (-1, 0, 2.5)] + [("n", v) for v in (0, -2, 1.5, "4")]
+    for field, value in bad:
+        for who in ("budget", "capped", "limited"):  # a budget, a max_tokens cap, an rpm: every limited team
+            answer = ask(gw, who, model="priced", **{field: value})
+            assert answer.status_code == 400, (field, value, who, answer.text)
+            assert answer.json()["error"]["param"] == field and answer.json()["error"]["type"] == "invalid_request_error"
+    assert len(fake.requests) == 0
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_null_caps_are_absent_and_uncapped_requests_reserve_the_longest_answer(
+    gateway_factory: GatewayFactory, fake: FakeOpenAI, backend: str
+) -> None:
+    gw = gateway_factory(config(fake.base_url, backend_limits(backend)), {"p.toml": POLICY})
+    # max_completion_tokens: null does not hide max_tokens: 100000 tokens at $1 a million are $0.10, over $0.05
+    refused = ask(gw, "thrifty", model="cheap", max_completion_tokens=None, max_tokens=100_000)
+    assert refused.status_code == 429 and code(refused) == "budget_exceeded"
+    assert ask(gw, "thrifty", model="cheap", max_completion_tokens=None, max_tokens=1000).status_code == 200
+    # uncapped: 4096 when the longest answer is unknown; the price's max_output_tokens when stated ...
+    assert ask(gw, "thrifty", model="cheap").status_code == 200
+    assert code(ask(gw, "thrifty", model="cheap-long")) == "budget_exceeded"
+    assert ask(gw, "thrifty", model="cheap-long", max_tokens=1000).status_code == 200
+    # ... in the config or in the bundled table (gpt-4o-mini: 16384 at $0.60 a million, $0.0098 > $0.005)
+    assert code(ask(gw, "pennies", model="gpt-4o-mini")) == "budget_exceeded"
+    assert ask(gw, "pennies", model="gpt-4o-mini", max_tokens=4096).status_code == 200
+    assert len(fake.requests) == 4
+
+
+OVERBILLED = orjson.dumps(
+    {
+        "id": "chatcmpl-over",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 2, "total_tokens": 102},
+    }
+)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_a_spent_budget_admits_nothing_not_even_a_free_request(gateway_factory: GatewayFactory, fake: FakeOpenAI, backend: str) -> None:
+    """The provider billed more than was counted ($102 of a $50 budget: tool definitions, say, are
+    not counted): from then on nothing starts, not even a request that would cost $0."""
+    gw = gateway_factory(config(fake.base_url, backend_limits(backend)), {"p.toml": POLICY})
+    assert ask(gw, "budget", model="demo-echo").status_code == 200  # free, with room left: admitted
+    fake.script(Behavior(body=OVERBILLED, headers={"content-type": "application/json"}))
+    spent = ask(gw, "budget", model="priced", max_tokens=10)  # reserves $18
+    assert spent.status_code == 200 and float(spent.headers["x-gateway-cost-usd"]) == 102.0
+    deadline = time.monotonic() + 5  # Redis settles just after the answer
+    while (free := ask(gw, "budget", model="demo-echo")).status_code == 200:
+        assert time.monotonic() < deadline, "a free request was still admitted with the budget spent"
+        time.sleep(0.05)
+    assert free.status_code == 429 and code(free) == "budget_exceeded"
+    assert "$50.00 per day" in free.json()["error"]["message"]
 
 
 def test_tpm_counts_prompt_tokens_up_front_and_settles_to_usage(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:

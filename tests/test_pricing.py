@@ -76,10 +76,28 @@ def test_lookup(model: str, expected: str | None) -> None:
 
 def test_resolution_order() -> None:
     target, model = Price(input_per_million=1, output_per_million=1), Price(input_per_million=2, output_per_million=2)
-    assert resolve(target, model, TABLE, "gpt-4o-mini") is target
-    assert resolve(None, model, TABLE, "gpt-4o-mini") is model
+    assert resolve(target, model, TABLE, "my-own-model") is target
+    assert resolve(None, model, TABLE, "my-own-model") is model
     assert resolve(None, None, TABLE, "gpt-4o-mini-2024-07-18") is MINI
     assert resolve(None, None, TABLE, "my-own-model") is None
+    # an override's rates, and the table's longest answer for the same upstream model unless it states one
+    assert resolve(target, model, TABLE, "gpt-4o-mini") == target.model_copy(update={"max_output_tokens": 16384})
+    assert resolve(None, model, TABLE, "gpt-4o-mini").max_output_tokens == 16384  # type: ignore[union-attr]
+    stated = Price(input_per_million=1, output_per_million=1, max_output_tokens=100)
+    assert resolve(stated, None, TABLE, "gpt-4o-mini") is stated
+
+
+def test_longest_answers_in_the_table() -> None:
+    """What budgets reserve for an uncapped request, by upstream model (dated snapshots by family)."""
+    longest = {
+        "gpt-4o-mini-2024-07-18": 16384, "gpt-4o-2024-08-06": 16384, "gpt-4o-2024-05-13": 4096, "gpt-4.1-nano": 32768,
+        "gpt-5-mini": 128000, "claude-sonnet-4-20250514": 64000, "claude-opus-4-1-20250805": 32000,
+        "claude-3-5-haiku@20241022": 8192, "gemini-2.5-pro": 65536, "models/gemini-2.5-flash": 65536,
+        "gpt-4-32k": None, "text-embedding-3-small": None,  # not known for sure (gpt-4's row would say 8192): the default
+    }  # fmt: skip
+    for model, tokens in longest.items():
+        price = lookup(TABLE, model)
+        assert price is not None and price.max_output_tokens == tokens, model
 
 
 def test_cost_arithmetic() -> None:
@@ -107,7 +125,7 @@ def test_catalog_resolves_prices_at_load() -> None:
     prices = {name: route.deployments[0].price for name, route in catalog.models.items()}
     assert prices == {
         "table": TABLE["claude-sonnet-4"],
-        "model-price": Price(**price_2),
+        "model-price": Price(**price_2, max_output_tokens=64000),  # the config's rates, the table's longest answer
         "target-price": Price(**price_1),
         "unpriced": None,
     }

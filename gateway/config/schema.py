@@ -54,6 +54,8 @@ class Price(Strict):
     output_per_million: float = Field(ge=0)
     cached_input_per_million: float | None = Field(None, ge=0)
     cache_write_per_million: float | None = Field(None, ge=0)  # Anthropic's prompt-cache writes
+    # the most output tokens one answer may hold: what a budget reserves when a request sets no cap
+    max_output_tokens: int | None = Field(None, ge=1)
 
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "mock"]

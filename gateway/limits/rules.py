@@ -10,7 +10,8 @@ Times are milliseconds. Money is integer nano-dollars (1e-9 USD), so sums are ex
   excess, which is what Retry-After says. Settling a tpm reservation moves `tat` by the difference
   between the tokens used and the tokens reserved.
 - Budgets hold `spent` and `reserved` per period (UTC day or month). A request is admitted only if
-  `spent + reserved + its worst-case cost <= budget`; on completion its reservation is released and
+  `spent + reserved + its worst-case cost <= budget`, that cost being at least one nano-dollar (so
+  once the budget is spent nothing more starts); on completion its reservation is released and
   its real cost added. As long as no request costs more than it reserved, `spent` never exceeds the
   budget, however requests interleave.
 - Concurrency is a set of leases with expiry times, so a crashed process's leases lapse.
@@ -74,8 +75,9 @@ def regcra(tat: float, now: float, limit: int, period_ms: int, delta: int) -> fl
 
 
 def fits(spent: int, reserved: int, budget: int, amount: int) -> bool:
-    """May a request with this worst-case cost start? (Free requests always may.)"""
-    return amount <= 0 or spent + reserved + amount <= budget
+    """May a request with this worst-case cost start? Callers reserve at least 1 (`pipeline/limit.py`),
+    so a spent budget admits nothing; `admit.lua` asks the same of a positive amount."""
+    return spent + reserved + amount <= budget
 
 
 def settle(spent: int, reserved: int, held: int, actual: int) -> tuple[int, int]:

@@ -3,8 +3,11 @@
 One call to the limits store per request admits it against every limit at once (rpm, tpm,
 max_concurrent, budgets); see `gateway/limits/rules.py` for the arithmetic. What a request may
 cost is reserved up front: tpm reserves its prompt tokens (counted with tiktoken), a budget its
-worst-case cost (those prompt tokens plus its max output tokens, at the highest price among the
-deployments that could serve it, fallbacks included). `settle` charges the real figures.
+worst-case cost (those prompt tokens plus its output cap times the choices it asks for, at the
+highest price among the deployments that could serve it, fallbacks included). Without a cap the
+output reserve is each deployment's `max_output_tokens` from its price, else 4096. A budget check
+reserves at least one nano-dollar, so a spent budget admits nothing, whatever the request says it
+may cost. `settle` charges the real figures.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ from gateway.metrics import Metrics
 from gateway.pipeline.record import Record
 from gateway.pipeline.usage import load_encoding, prompt_tokens
 from gateway.providers.base import Operation
-from gateway.providers.shapes import token_cap
+from gateway.providers.shapes import choices, token_caps
 
 log = logging.getLogger("gateway.limits")
 
-DEFAULT_OUTPUT_RESERVE = 4096  # output tokens reserved against budgets when neither request nor team caps them
+DEFAULT_OUTPUT_RESERVE = 4096  # output tokens reserved per choice when nothing caps them and the price states no maximum
 LEASE_GRACE_MS = 60_000  # a concurrency lease outlives the request's deadline by this much (then lapses)
 
 
@@ -65,6 +68,7 @@ class Limiter:
         if quota is None:
             return None
         output = _output_tokens(quota, op, body)
+        answers = choices(body, op)
         checks: list[Check] = []
         rules: list[_Rule] = []
         lease = Lease()
@@ -84,7 +88,7 @@ class Limiter:
             lease.concurrent = quota.concurrent
         worst = 0
         if quota.day is not None or quota.month is not None:
-            worst = nano_usd(self._worst_cost(route, catalog, prompt, output))
+            worst = max(1, nano_usd(self._worst_cost(route, catalog, prompt, output, answers)))  # never 0: see the docstring
             for budget, kind in ((quota.day, "day"), (quota.month, "month")):
                 if budget is not None:
                     checks.append(Check(kind, budget.counter, budget.value, worst, 0))  # type: ignore[arg-type]
@@ -146,7 +150,9 @@ class Limiter:
         await load_encoding(model)
         return prompt_tokens(op, body, model)
 
-    def _worst_cost(self, route: ModelRoute, catalog: Catalog, prompt: int, output: int) -> float:
+    def _worst_cost(self, route: ModelRoute, catalog: Catalog, prompt: int, output: int | None, answers: int) -> float:
+        """The most the request may cost in USD: the prompt once, `answers` times the output cap (per
+        deployment its longest answer when the request is uncapped), at the dearest deployment."""
         routes = [route, *(catalog.models[name] for name in route.fallbacks if name in catalog.models)]
         worst = 0.0
         for deployment in (d for r in routes for d in r.deployments):
@@ -154,27 +160,30 @@ class Limiter:
             if price is None:
                 continue
             input_rate = max(price.input_per_million, price.cache_write_per_million or 0.0)
-            worst = max(worst, (prompt * input_rate + output * price.output_per_million) / 1_000_000)
+            longest = output if output is not None else price.max_output_tokens or DEFAULT_OUTPUT_RESERVE
+            worst = max(worst, (prompt * input_rate + answers * longest * price.output_per_million) / 1_000_000)
         if worst == 0.0 and route.name not in self._unpriced_said:
             self._unpriced_said.add(route.name)
             log.warning("model %s has no price: its requests count as $0 against budgets", route.name)
         return worst
 
 
-def _output_tokens(quota: Quota, op: Operation, body: dict[str, Any]) -> int:
-    """The most output tokens this request may produce; enforces and fills in the team's cap."""
+def _output_tokens(quota: Quota, op: Operation, body: dict[str, Any]) -> int | None:
+    """The most output tokens one answer may hold, None when nothing caps it; enforces and fills in
+    the team's cap. With both cap fields stated the larger counts: a provider may honour either."""
     if op is Operation.EMBEDDINGS:
         return 0
-    requested = token_cap(body)
+    caps = token_caps(body)
     cap = quota.max_tokens
     if cap is not None:
-        if requested is not None and requested > cap:
-            param = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-            raise BadRequest(f"{param} {requested} is over this key's cap of {cap} (max_tokens).", param=param, code="max_tokens_exceeded")
-        if requested is None:
+        for param, requested in caps.items():
+            if requested > cap:
+                message = f"{param} {requested} is over this key's cap of {cap} (max_tokens)."
+                raise BadRequest(message, param=param, code="max_tokens_exceeded")
+        if not caps:
             body["max_tokens"] = cap  # the cap is real: the upstream is told it too
             return cap
-    return requested if requested is not None else DEFAULT_OUTPUT_RESERVE
+    return max(caps.values(), default=None)
 
 
 def _message(rule: _Rule, retry_ms: float, prompt: int, worst_nano: int) -> str:

@@ -116,9 +116,37 @@ def stop_sequences(body: dict[str, Any]) -> list[str] | None:
     return None
 
 
+CAP_FIELDS = ("max_completion_tokens", "max_tokens")  # in order of precedence
+
+
+def _positive(body: dict[str, Any], param: str) -> int | None:
+    """`body[param]` as a positive integer, None when absent or null; anything else is a 400, since a
+    cap of 0 or -1 would otherwise reserve nothing against a budget."""
+    value = body.get(param)
+    if value is None:
+        return None
+    if type(value) is not int or value < 1:
+        raise BadRequest(f"'{param}' must be a positive integer.", param=param, code="invalid_value")
+    return value
+
+
+def token_caps(body: dict[str, Any]) -> dict[str, int]:
+    """Each output cap the request states ({field: tokens}, in precedence order; a null is absent)."""
+    return {param: cap for param in CAP_FIELDS if (cap := _positive(body, param)) is not None}
+
+
 def token_cap(body: dict[str, Any]) -> int | None:
-    cap = body.get("max_completion_tokens", body.get("max_tokens"))
-    return cap if isinstance(cap, int) else None
+    """The output cap a translating provider is sent: `max_completion_tokens`, else `max_tokens`."""
+    return next(iter(token_caps(body).values()), None)
+
+
+def choices(body: dict[str, Any], op: Operation) -> int:
+    """How many answers the provider generates, and bills: `n` (Gemini's candidateCount), or for a
+    completion `best_of` when larger (generated server-side, though only `n` are returned)."""
+    count = _positive(body, "n") or 1
+    if op is Operation.COMPLETION:
+        count = max(count, _positive(body, "best_of") or 1)
+    return count
 
 
 def reasoning_budget(body: dict[str, Any], budgets: dict[str, int]) -> int | None:
