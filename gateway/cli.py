@@ -9,9 +9,11 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from gateway.config import Config, ConfigError, default_path, load
+from gateway.config import Config, ConfigError, Problem, default_path, load
+from gateway.config.load import inspect
 from gateway.config.policies import load_policies
 from gateway.prompts import commands as prompt_commands
 from gateway.prompts.files import load_files
@@ -45,34 +47,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    path = _config_path(args.config)
-    problems = []
-    try:
-        config = _load(path)
-    except ConfigError as exc:
-        problems = exc.problems
-    else:
-        try:
-            from gateway.catalog import build_catalog
-            from gateway.upstream import Pool
-
-            build_catalog(config, Pool(1))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-        try:
-            load_policies(config)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-        try:
-            load_files(config)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
+    """Every problem of the file set in one run: the config's own (schema, secrets, references), then
+    the policy and prompt files', checked against what the config says even when it has problems."""
+    config, problems = inspect(_config_path(args.config))
+    if config is not None:
+        problems.extend(_file_set_problems(config, with_catalog=not problems))
     for problem in problems:
         print(problem)
-    if problems:
+    if problems or config is None:
         return 1
     print(f"ok: {config.source} (hash {config.hash})")
     return 0
+
+
+def _file_set_problems(config: Config, with_catalog: bool) -> list[Problem]:
+    from gateway.catalog import build_catalog
+    from gateway.upstream import Pool
+
+    steps: list[Callable[[Config], object]] = [load_policies, load_files]
+    if with_catalog:  # a salvaged config is only good to check files against, not to build upon
+        steps.insert(0, lambda c: build_catalog(c, Pool(1)))
+    problems: list[Problem] = []
+    for step in steps:
+        try:
+            step(config)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return problems
 
 
 def cmd_keys_new(args: argparse.Namespace) -> int:

@@ -46,6 +46,8 @@ fallbacks = ["missing-model"]
 targets = []
 """
     )
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "a.toml").write_text('[teams.t]\n[[keys]]\nname = "k"\nteam = "t"\nsha256 = "' + "a" * 64 + '"\n')
     result = check(cfg)
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
@@ -56,17 +58,52 @@ targets = []
     ]
     for prefix in expected:
         assert any(line.startswith(prefix) for line in lines), (prefix, lines)
-    # schema errors stop before cross-references; fix them and the rest appear
-    cfg.write_text(
-        cfg.read_text().replace('prot = 1\nport = "x"\n', "").replace("targets = []", 'targets = [{ provider = "up", model = "m" }]')
-    )
-    lines = check(cfg).stdout.strip().splitlines()
+    # schema problems do not hide the rest: secrets and cross-references are in the same run
     assert f'{cfg}: providers.up.api_key: must be a reference "env:NAME" or "file:PATH", never the secret itself' in lines
     assert f"{cfg}: providers.up.base_url: required for kind 'openai'" in lines
     assert f"{cfg}: providers.claude.api_key: environment variable SURELY_NOT_SET_ANYWHERE is not set" in lines
     assert f"{cfg}: models.gpt-4o-mini.targets[0].provider: no provider named 'nope'" in lines
     assert f"{cfg}: models.gpt-4o-mini.fallbacks[0]: no model named 'missing-model'" in lines
+    assert len(lines) == len(set(lines)) == 8, lines  # each once
     assert "sk-inline-secret-123" not in result.stdout + result.stderr
+
+
+def test_one_run_reports_the_config_and_every_file_checked_against_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        """
+[server]
+bogus = 1
+[providers.d]
+kind = "mock"
+[models.m]
+targets = [{ provider = "ghost", model = "x" }]
+[models.broken]
+targets = [{ provider = "d", model = "x", weight = -1 }]
+"""
+    )
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "a.toml").write_text(
+        '[teams.t]\nmodels = ["*"]\nrmp = 5\n[[keys]]\nname = "k"\nteam = "nobody"\nsha256 = "' + "a" * 64 + '"\n'
+    )
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "p.toml").write_text(
+        "[prompts.bot]\nlabels = { production = 1, staging = 2 }\n"
+        '[[prompts.bot.versions]]\nmodel = "nope"\nmessages = [{ role = "user", content = "hi" }]\n'
+        '[[prompts.bot.versions]]\nmodel = "broken"\nmessages = [{ role = "user", content = "hi" }]\n'
+    )
+    result = check(cfg)
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    policy, prompts = tmp_path / "policies" / "a.toml", tmp_path / "prompts" / "p.toml"
+    assert f"{cfg}: server.bogus: unknown key" in lines
+    assert f"{cfg}: models.m.targets[0].provider: no provider named 'ghost'" in lines
+    assert any(line.startswith(f"{cfg}: models.broken.targets[0].weight: ") for line in lines), lines
+    assert f"{policy}: teams.t.rmp: unknown key" in lines
+    assert f"{policy}: keys[0].team: no team named 'nobody'" in lines  # the rest of a broken policy file is checked too
+    assert any(line.startswith(f"{prompts}: prompts.bot.versions[0].model: ") and "nope" in line for line in lines), lines
+    assert not any("broken" in line for line in lines if line.startswith(str(prompts))), lines  # a broken model still exists
+    assert len(lines) == 6, lines
 
 
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
@@ -87,6 +124,7 @@ def test_policy_problems_are_reported(tmp_path: Path) -> None:
     lines = check(tmp_path / "config.toml").stdout.strip().splitlines()
     pol = tmp_path / "policies"
     assert any(line.startswith(f"{pol / 'a.toml'}: teams.t.rpm: ") for line in lines), lines
+    assert f"{pol / 'a.toml'}: keys[0].team: no team named 'ghost'" in lines
     assert any(line.startswith(f"{pol / 'b.toml'}: (top level): invalid TOML") for line in lines), lines
 
 

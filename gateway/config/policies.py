@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from gateway.config.load import Config, read_toml
-from gateway.config.problems import ConfigError, Problem, dotted, from_validation
+from gateway.config.problems import ConfigError, Problem, dotted, from_validation, salvage
 from gateway.config.schema import Strict
 from gateway.guardrails import Guardrails, GuardrailsSection
 from gateway.limits.quota import Limit, Quota
@@ -98,6 +98,9 @@ def load_policies(config: Config) -> PolicySet:
             problems.extend(exc.problems)
         except ValidationError as exc:
             problems.extend(from_validation(str(path), exc))
+            readable = salvage(PolicyFile, raw)  # its keys and teams are still checked against the rest
+            if readable is not None:
+                parsed.append((str(path), readable))
     models = sorted(config.file.models)
     keys = _compile(parsed, models, problems)
     if problems:
