@@ -134,6 +134,13 @@ retries = 0
 targets = [{ provider = "fake", model = "spare-up" }]
 retries = 0
 
+[models.shared]
+targets = [{ provider = "fake", model = "shared-up" }]
+retries = 0
+fallbacks = ["secret"]
+cache = "all"
+cache_scope = "shared"
+
 [models.auto]
 targets = [{ provider = "fake", model = "auto-up" }]
 [[models.auto.rules]]
@@ -147,7 +154,7 @@ route_tag = "vip"
 """
 TEAMS = f"""
 [teams.narrow]
-models = ["primary", "spare", "auto"]
+models = ["primary", "spare", "auto", "shared"]
 
 [teams.wide]
 models = ["*"]
@@ -205,3 +212,17 @@ def test_a_fallback_the_team_may_not_use_is_never_tried(gateway_factory: Gateway
     wide = post(gw.url, KEYS["admin"], "primary", "wide-fallback")  # a team that may use it: the whole chain
     assert wide.status_code == 200 and wide.headers["x-gateway-target"] == "fake/spare-up"
     assert [r.json["model"] for r in fake.requests] == ["primary-up", "secret-up", "spare-up"]
+
+
+def test_a_shared_cache_entry_a_fallback_answered_is_not_read_by_a_team_that_may_not_use_it(
+    gateway_factory: GatewayFactory, fake: FakeOpenAI
+) -> None:
+    gw = gateway_factory(config_for(fake.base_url, MODELS), {"p.toml": TEAMS})
+    fake.script(Behavior(status=500))
+    wide = post(gw.url, KEYS["admin"], "shared", "wide-shared")
+    assert wide.status_code == 200 and wide.headers["x-gateway-target"] == "fake/secret-up"  # cached under `shared`
+    assert post(gw.url, KEYS["admin"], "shared", "wide-again").headers["x-gateway-cache"] == "hit"
+    fake.reset()
+    narrow = post(gw.url, KEYS["beta"], "shared", "narrow-shared")
+    assert narrow.status_code == 200 and narrow.headers["x-gateway-cache"] == "miss"
+    assert narrow.headers["x-gateway-target"] == "fake/shared-up" and [r.json["model"] for r in fake.requests] == ["shared-up"]

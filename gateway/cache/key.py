@@ -10,7 +10,8 @@ JSON schema in `response_format` or `tools`; property order in a schema is not p
 
 The tenant scope is a prefix of the key, outside the hash, so that two teams can never share an
 entry, whatever their bodies: `t:<team>:<hash>`, or `shared:<hash>` for models with
-`cache_scope = "shared"`.
+`cache_scope = "shared"` (`shared:["fallback",...]:<hash>` when the model has fallbacks: teams that
+may use different ones of them do not share).
 """
 
 from __future__ import annotations
@@ -45,8 +46,13 @@ def digest(op: Operation, model: str, body: dict[str, Any], prompt_hash: str | N
     return hashlib.sha256(material).hexdigest()
 
 
-def scope(team: str, shared: bool) -> str:
-    return "shared" if shared else "t:" + team
+def scope(team: str, shared: bool, fallbacks: tuple[str, ...] = ()) -> str:
+    """A team's own entries; or, for a shared model, the entries of every team whose route to it
+    reaches the same fallbacks (`ModelRoute.within`), so that an answer a fallback gave is never
+    read by a team that may not use that fallback."""
+    if not shared:
+        return "t:" + team
+    return "shared:" + orjson.dumps(fallbacks).decode() if fallbacks else "shared"
 
 
 def cache_key(scope_: str, op: Operation, model: str, body: dict[str, Any], prompt_hash: str | None = None) -> str:

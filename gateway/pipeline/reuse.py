@@ -155,7 +155,7 @@ class Reuse:
             if op is not Operation.EMBEDDINGS:
                 return None
             return self._json(await self.batcher.embed(body, route, record), record, headers)
-        key = cache_key(scope(principal.team, policy.shared), op, route.name, body, record.prompt_hash)
+        key = cache_key(scope(principal.team, policy.shared, route.fallbacks), op, route.name, body, record.prompt_hash)
         record.stream = stream
         ttl_s = policy.ttl_s
         if control != "refresh":
