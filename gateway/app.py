@@ -321,9 +321,11 @@ class Gateway:
                 stream.deadline = t0 + route.deadline_s
                 record.ttft_s = time.perf_counter() - t0
                 closing = dispatch.closing_usage(op, body, deployment, record)
+                charge = dispatch.charge_consumed(op, body, deployment, record)
                 headers = self._headers(rid, record)
                 streaming = True
-                return SSEResponse(stream.relay(closing, lambda: self._stream_done(record, stream.state)), headers, self.keepalive_s)
+                relay = stream.relay(closing, lambda: self._stream_done(record, stream.state), charge)
+                return SSEResponse(relay, headers, self.keepalive_s, on_stalled=record.mark_stalled)
             deployment, (content, reply) = await live.attempts.serve(op, body, route, record, streaming=False)
             self._answered(record, reply, content)
             headers = self._headers(rid, record)

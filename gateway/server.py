@@ -1,9 +1,10 @@
 """Serving: uvicorn (uvloop + httptools) with the two things it lacks, and a small supervisor.
 
 uvicorn was measured against granian here: equal throughput at 64 connections, lower latency at
-one connection; but it never closes a connection that trickles its request headers, and after a
-graceful SIGTERM it re-raises the signal (exit code -15). `GuardedHttpToolsProtocol` closes any
-connection that has not completed its headers within `header_timeout_s`, and `GatewayServer`
+one connection; but it never closes a connection that trickles its request headers or body, nor
+one whose client stops reading, and after a graceful SIGTERM it re-raises the signal (exit code
+-15). `GuardedHttpToolsProtocol` bounds all three (`header_timeout_s`, `body_timeout_s`,
+`stream_stall_timeout_s`), and `GatewayServer`
 drains (stop accepting, finish in-flight requests and streams within `drain_timeout_s`, run the
 lifespan shutdown) and then returns, so the process exits 0.
 
@@ -33,6 +34,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import create_app
 from gateway.config import Config, load
+from gateway.pipeline.body import BODY_TIMED_OUT
+from gateway.streaming import STALLED
 from gateway.traces.writer import WriterProcess, settings_from
 
 log = logging.getLogger("gateway")
@@ -87,15 +90,31 @@ class CoalescingTransport:
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """Notes when a request's headers began; `GatewayServer` closes connections that take too long.
+    """Notes when a request's headers began, when its body began, and when the client stopped
+    accepting data; `GatewayServer` sweeps the connections once a second and cuts off the slow ones.
     Its responses leave through a `CoalescingTransport`.
 
     A timestamp per request and one sweep a second over the open connections cost less than arming
-    and cancelling a timer for every request.
+    and cancelling a timer for every request (or every streamed chunk).
+
+    - headers not complete within `header_timeout`: the connection is closed.
+    - body not complete within `body_timeout` of the headers: the scope is marked and the app's
+      `receive` woken, so `read_body` answers 408 `request_timeout` (with `connection: close`) and
+      the request is traced and its slot freed; if nobody answers within CLOSE_GRACE_S, or the
+      response is already out, the connection is closed.
+    - writes paused (the transport's buffer over its high-water mark: the client's socket has not
+      taken data) for `stall_timeout` without a resume: the scope is marked `STALLED` and the
+      connection aborted, which ends the response like a disconnect (the relay closes its upstream
+      connection and the trace says `client_stalled`). uvicorn's `send` waits in `flow.drain()`
+      while writes are paused, with no bound of its own: this is that bound.
     """
 
     header_timeout = 10.0
+    body_timeout = 30.0
+    stall_timeout = 30.0
     headers_since: float | None = None  # loop time the current request's headers began; None once complete
+    body_since: float | None = None  # loop time its body began (headers complete); None once complete
+    paused_since: float | None = None  # loop time writes were paused; None while the client takes data
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -108,10 +127,48 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.headers_since = None
+        self.body_since = self.loop.time()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.body_since = None
+        super().on_message_complete()
+
+    def pause_writing(self) -> None:
+        self.paused_since = self.loop.time()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self.paused_since = None
+        super().resume_writing()
 
     def headers_overdue(self, now: float) -> bool:
         return self.headers_since is not None and now - self.headers_since > self.header_timeout
+
+    def sweep(self, now: float) -> None:
+        """Once a second: cut off a client too slow to send its request or to read its answer."""
+        if self.headers_overdue(now):
+            self.transport.close()
+        elif self.body_since is not None and now - self.body_since > self.body_timeout:
+            self._body_overdue(now)
+        elif self.paused_since is not None and now - self.paused_since > self.stall_timeout:
+            if self.cycle is not None:
+                self.cycle.scope[STALLED] = True  # type: ignore[literal-required]
+            self.paused_since = None
+            self.transport.abort()  # close() would wait for the buffer the client does not read
+
+    def _body_overdue(self, now: float) -> None:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or cycle.disconnected or BODY_TIMED_OUT in cycle.scope:
+            self.body_since = None
+            self.transport.close()  # answered (or told to answer) already: the rest of the body is not wanted
+            return
+        cycle.scope[BODY_TIMED_OUT] = self.body_timeout  # type: ignore[literal-required]
+        cycle.message_event.set()  # wakes `receive`: read_body sees an empty message and the mark
+        self.body_since = now - self.body_timeout + CLOSE_GRACE_S
+
+
+CLOSE_GRACE_S = 5.0  # after a body timeout, the app's 408 has this long to go out before the connection is closed
 
 
 class GatewayServer(uvicorn.Server):
@@ -123,8 +180,8 @@ class GatewayServer(uvicorn.Server):
         if counter % 10 == 0:  # uvicorn ticks every 0.1 s
             now = asyncio.get_running_loop().time()
             for connection in list(self.server_state.connections):
-                if isinstance(connection, GuardedHttpToolsProtocol) and connection.headers_overdue(now):
-                    connection.transport.close()
+                if isinstance(connection, GuardedHttpToolsProtocol):
+                    connection.sweep(now)
         return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -147,7 +204,12 @@ class GatewayServer(uvicorn.Server):
 
 def uvicorn_config(config: Config, trace_writer: str | None = None) -> uvicorn.Config:
     server = config.file.server
-    protocol = type("Protocol", (GuardedHttpToolsProtocol,), {"header_timeout": server.header_timeout_s})
+    timeouts = {
+        "header_timeout": server.header_timeout_s,
+        "body_timeout": server.body_timeout_s,
+        "stall_timeout": server.stream_stall_timeout_s,
+    }
+    protocol = type("Protocol", (GuardedHttpToolsProtocol,), timeouts)
     return uvicorn.Config(
         create_app(config, trace_writer),
         loop="uvloop",

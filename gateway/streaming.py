@@ -6,7 +6,9 @@ sent from the request's own task and one small watcher task awaits `http.disconn
 client goes, the watcher cancels the sending task, so the body generator is interrupted wherever it
 waits (typically on the upstream) and its `finally` closes the upstream connection at once. While
 the body is silent for `keepalive_s`, the watcher sends an SSE comment so that proxies and clients
-on the way do not time the stream out.
+on the way do not time the stream out. A client that stops reading is cut off by the server
+(gateway/server.py, `stream_stall_timeout_s`), which marks the scope; the watcher then tells
+`on_stalled` before interrupting the body, so its trace says `client_stalled`.
 
 The first chunk is taken from the body before anything is sent, so the body generator has always
 started, and its cleanup always runs, whatever happens to the connection afterwards.
@@ -15,19 +17,29 @@ started, and its cleanup always runs, whatever happens to the connection afterwa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.sse import KEEPALIVE
 
+STALLED = "gateway.client_stalled"  # set in the ASGI scope by the server when it cuts off a client that stopped reading
+
 
 class SSEResponse(Response):
-    def __init__(self, body: AsyncGenerator[bytes, None], headers: dict[str, str], keepalive_s: float = 15.0, status: int = 200) -> None:
+    def __init__(
+        self,
+        body: AsyncGenerator[bytes, None],
+        headers: dict[str, str],
+        keepalive_s: float = 15.0,
+        status: int = 200,
+        on_stalled: Callable[[], None] | None = None,
+    ) -> None:
         self._body = body
         self._status = status
         self._keepalive_s = keepalive_s
+        self._on_stalled = on_stalled  # told, before the body is interrupted, that the client was cut off for not reading
         raw = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         self._raw_headers = raw + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
@@ -51,6 +63,8 @@ class SSEResponse(Response):
                     continue
                 if message["type"] == "http.disconnect":
                     gone = True
+                    if self._on_stalled is not None and scope.get(STALLED):
+                        self._on_stalled()
                     task.cancel()
                     return
 

@@ -6,7 +6,10 @@ for a stream, every chunk is appended to a buffer and wakes the subscribers, so 
 receives the chunks already sent and then the rest live; for a complete answer, every subscriber
 gets the same result. An error reaches everyone the same way. When the last subscriber leaves
 before the work is done, the task is cancelled, which closes the upstream connection at once (a
-client that disconnects still cancels its upstream request, unless someone else needs it).
+client that disconnects still cancels its upstream request, unless someone else needs it). Either
+way the work's record ends up holding what the call consumed (a cancelled stream settles what it
+relayed before the flight is marked done), and `when_done` lets the subscriber who pays for the
+call (the leader, gateway/pipeline/reuse.py) settle after it has left.
 
 Wake-ups use an `asyncio.Event` replaced on every change: a subscriber checks the state and takes
 the current event without yielding in between, so it cannot miss a change.
@@ -39,6 +42,7 @@ class Flight(Generic[T]):
         self.task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._on_close = on_close
+        self._when_done: list[Callable[[], None]] = []
 
     # the work's side -------------------------------------------------------------------------
     def publish(self, chunk: bytes) -> None:
@@ -49,6 +53,19 @@ class Flight(Generic[T]):
         self.result = result
         self.done = True
         self._wake()
+        callbacks, self._when_done = self._when_done, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # one subscriber's bookkeeping must not break the flight for the others
+                log.exception("a shared call's completion callback failed")
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the work is over (at once if it is): its record then holds the final usage."""
+        if self.done:
+            callback()
+        else:
+            self._when_done.append(callback)
 
     def fail(self, error: GatewayError) -> None:
         self.error = error

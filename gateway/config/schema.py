@@ -28,6 +28,8 @@ class ServerSection(Strict):
     upstream_max_connections: int = Field(1024, ge=1)
     max_in_flight: int = Field(2048, ge=1)  # per process; beyond it, 503 with Retry-After at once
     sse_keepalive_s: float = Field(15.0, gt=0)  # SSE comment sent downstream when a stream is silent this long
+    body_timeout_s: float = Field(30.0, gt=0)  # the whole body must arrive within this after the headers; else 408
+    stream_stall_timeout_s: float = Field(30.0, gt=0)  # a client that accepts no data this long is cut off (client_stalled)
 
 
 class StateSection(Strict):

@@ -7,11 +7,26 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, Request
 
-from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"Request body is larger than the gateway's limit of {limit} bytes.")
+
+
+BODY_TIMED_OUT = "gateway.body_timed_out"  # in the ASGI scope: the server's body timeout (s), once it passed
+
+
+class RequestTimeout(GatewayError):
+    """The body did not arrive in time (gateway/server.py): the answer closes the connection, whose
+    unread rest would otherwise be taken for the next request."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"connection": "close"}
 
 
 async def read_body(request: Request, limit: int, declared: str | None = None) -> bytes:
@@ -30,6 +45,9 @@ async def read_body(request: Request, limit: int, declared: str | None = None) -
         if message["type"] != "http.request":  # http.disconnect: the client is gone
             raise ClientDisconnect()
         chunk: bytes = message.get("body", b"")
+        if not chunk and message.get("more_body") and BODY_TIMED_OUT in request.scope:  # the server woke us: too slow
+            timeout = request.scope[BODY_TIMED_OUT]
+            raise RequestTimeout(f"The request body did not arrive within {timeout:g} s of its headers (server.body_timeout_s).")
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)

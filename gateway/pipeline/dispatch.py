@@ -6,10 +6,17 @@ ordinary HTTP error, which later stages may retry. After the first byte, a failu
 with an SSE `error` event and no `[DONE]`, and is never retried. When the client goes away, the
 ASGI server cancels the relay; its `finally` closes the upstream connection at once, so the
 provider stops generating.
+
+What was consumed is charged on every ending (README "Charging"): a stream that ends early (client
+gone or stalled, deadline, upstream break) settles its prompt plus the completion relayed so far
+(`charge_consumed`); a complete answer that was sent but never came (timeouts, a dropped
+connection, cancellation) settles its prompt (`_charge_prompt`). The record then carries the
+figures that the trace, the budget and the tpm settlement all read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -18,9 +25,10 @@ from typing import Any
 
 import orjson
 
+from gateway import tokens
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.pipeline.record import Record
-from gateway.pipeline.usage import estimate
+from gateway.pipeline.usage import estimate, load_encoding, prompt_tokens
 from gateway.pricing import cost_usd
 from gateway.providers.base import Deployment, Operation, Reply, StreamState, StreamTranslator, Usage
 from gateway.providers.errors import provider_error
@@ -55,6 +63,13 @@ async def complete(
     try:
         response = await _send(op, body, deployment, record, first_byte_s)
         raw = await response.read()
+    except GatewayError as exc:
+        if exc.error_type in SENT_UNANSWERED:
+            await _charge_prompt(op, body, deployment, record)
+        raise
+    except asyncio.CancelledError:
+        await _charge_prompt(op, body, deployment, record)
+        raise
     finally:
         record.upstream_s += time.perf_counter() - started
     reply = deployment.wire.reply(op, raw)
@@ -70,6 +85,19 @@ async def complete(
             reply.data["usage"]["cost_usd"] = record.cost_usd
     record.finish_reason = reply.finish_reason
     return (reply.raw if reply.raw is not None else orjson.dumps(reply.data)), reply
+
+
+# the provider had the request and gave no answer (its own error statuses are not billed, and a
+# connect error never reached it): it bills the prompt, so the request is charged for it
+SENT_UNANSWERED = frozenset({"first_byte_timeout", "idle_timeout", "upstream_disconnected", "upstream_error"})
+
+
+async def _charge_prompt(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> None:
+    """A complete answer that never came: settle the prompt tokens (counted off the event loop). One
+    charge per request: a later attempt's answer replaces it."""
+    await load_encoding(deployment.model)
+    prompt = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(prompt_tokens, op, body, deployment.model)))
+    settle(record, deployment, Usage(prompt, 0, estimated=True))
 
 
 def settle(record: Record, deployment: Deployment, usage: Usage) -> None:
@@ -109,7 +137,12 @@ class Stream:
             self._response.close()
             raise
 
-    async def relay(self, closing: Callable[[StreamState], Awaitable[bytes]], done: Callable[[], None]) -> AsyncGenerator[bytes, None]:
+    async def relay(
+        self, closing: Callable[[StreamState], Awaitable[bytes]], done: Callable[[], None], charge: Charge | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """The stream for the client. However it ends, `done` runs once the record says what it cost:
+        a stream that ends early (client gone, deadline, upstream break) is first given what it
+        consumed by `charge` (see `charge_consumed`)."""
         record = self._record
         finished = False
         try:
@@ -132,11 +165,18 @@ class Stream:
             record.status, record.error_type = error.status, error.error_type
             yield frame(error.json(), "error")
         finally:
-            if not finished:
-                self._response.close()
-                if record.error_type is None:
-                    record.status, record.error_type = 499, "client_disconnected"
-            done()
+            try:
+                if not finished:
+                    self._response.close()
+                    if record.error_type is None:
+                        record.status, record.error_type = 499, "client_disconnected"
+                    if charge is not None:
+                        await charge(self.state)
+            finally:
+                done()
+
+
+Charge = Callable[[StreamState], Awaitable[None]]
 
 
 async def open_stream(
@@ -150,6 +190,13 @@ async def open_stream(
         if deployment.price is not None:
             stream.state.cost = partial(cost_usd, deployment.price)
         await stream.open()
+    except GatewayError as exc:
+        if exc.error_type in SENT_UNANSWERED:
+            await _charge_prompt(op, body, deployment, record)
+        raise
+    except asyncio.CancelledError:
+        await _charge_prompt(op, body, deployment, record)
+        raise
     finally:
         record.upstream_s += time.perf_counter() - started
     return stream
@@ -180,3 +227,37 @@ def closing_usage(op: Operation, body: dict[str, Any], deployment: Deployment, r
         return frame(orjson.dumps(chunk))
 
     return close
+
+
+def charge_consumed(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> Charge:
+    """For a stream that ends early: settle the prompt plus the completion relayed so far, as the
+    provider bills them. The upstream's usage when it sent one that counts the completion; else
+    the relayed text counted with tiktoken, off the event loop (up to KEEP_TEXT characters, the rest
+    at 4 characters a token). If this is itself interrupted, the completion is charged at 4
+    characters a token and the prompt not at all, rather than leaving the request free."""
+
+    async def charge(state: StreamState) -> None:
+        record.finish_reason = state.finish_reason
+        text = "".join(state.text)
+        if state.usage is not None and (state.usage.completion_tokens or not text):
+            settle(record, deployment, state.usage)
+            return
+        rough = Usage(0, (len(text) + state.dropped_chars) // 4, estimated=True)
+        try:
+            await load_encoding(deployment.model)
+            usage = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(_count, op, body, text, deployment.model)))
+        except asyncio.CancelledError:
+            settle(record, deployment, rough)
+            raise
+        usage.completion_tokens += state.dropped_chars // 4
+        if state.usage is not None:  # the provider's prompt figure beats our count
+            usage.prompt_tokens, usage.cached_tokens = state.usage.prompt_tokens, state.usage.cached_tokens
+        settle(record, deployment, usage)
+
+    return charge
+
+
+def _count(op: Operation, body: dict[str, Any], text: str, model: str) -> Usage:
+    """In a worker thread: the prompt and a completion text, counted (both can be large)."""
+    output = tokens.count_text(text, model) if text else 0
+    return Usage(prompt_tokens(op, body, model), output, estimated=True)

@@ -74,5 +74,9 @@ class Record:
         self.overhead_s = ms / 1000
         return ms
 
+    def mark_stalled(self) -> None:
+        """The client stopped reading and was cut off (gateway/server.py): said before its relay ends."""
+        self.status, self.error_type = 499, "client_stalled"
+
     def close(self) -> None:
         self.duration_s = time.perf_counter() - self.t0

@@ -12,6 +12,12 @@ For a request of a model with `cache` on:
    cached tokens and a cost of zero, as for a hit, which is also what the usage in their bytes is
    rewritten to say: `entry.as_reused`). A complete, successful answer is written to the store.
 
+Who pays for a shared call: its leader, exactly once, for everything the call consumed. A leader
+whose client leaves while others still follow does not stop the call; its trace (499) and its
+limits are settled when the call ends, with the call's whole usage. When every subscriber has left,
+the call is cancelled and the leader is charged what had been generated (the prompt and the
+completion relayed so far, gateway/pipeline/dispatch.py `charge_consumed`). Followers pay nothing.
+
 Coalescing covers cacheable requests only: sharing one sampled answer between requests that asked
 for randomness would change what they get. Calls are shared per reply shape (JSON, stream, stream
 with usage), so every subscriber receives the bytes the call produced (usage aside); a JSON and a
@@ -84,7 +90,9 @@ class Upstream:
         """The relayed stream, opened: an error before its first byte is raised here."""
         deployment, stream = await self.reuse.attempts.serve(self.op, self.body, self.route, self.record, streaming=True)
         stream.deadline = self.record.t0 + self.route.deadline_s
-        relay: AsyncGenerator[bytes, None] = stream.relay(dispatch.closing_usage(self.op, self.body, deployment, self.record), _nothing)
+        closing = dispatch.closing_usage(self.op, self.body, deployment, self.record)
+        charge = dispatch.charge_consumed(self.op, self.body, deployment, self.record)
+        relay: AsyncGenerator[bytes, None] = stream.relay(closing, _nothing, charge)
         return relay
 
 
@@ -230,7 +238,7 @@ class Reuse:
         record.target = flight.record.target
         out = headers()
         out["x-gateway-cache"] = record.cache
-        return SSEResponse(self._follow(flight, record, finish), out, self.keepalive_s)
+        return SSEResponse(self._follow(flight, record, finish), out, self.keepalive_s, on_stalled=record.mark_stalled)
 
     async def _follow(self, flight: Flight[Answer], record: Record, finish: Callable[[], None]) -> AsyncGenerator[bytes, None]:
         complete, follower = False, record.cache == "coalesced"
@@ -240,10 +248,17 @@ class Reuse:
             complete = True
         finally:
             flight.leave()
-            adopt(record, flight.record, record.cache != "coalesced")
-            if not complete and record.error_type is None:
-                record.status, record.error_type = 499, "client_disconnected"
-            finish()
+
+            def settle() -> None:
+                adopt(record, flight.record, not follower)
+                if not complete and record.error_type is None:
+                    record.status, record.error_type = 499, "client_disconnected"
+                finish()
+
+            if follower:
+                settle()
+            else:  # the leader pays for the whole call: once it is over (at once, unless others still follow it)
+                flight.when_done(settle)
 
     # the shared call -------------------------------------------------------------------------
     async def _work(self, upstream: Upstream, key: str, ttl_s: int, flight: Flight[Answer]) -> None:

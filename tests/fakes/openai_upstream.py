@@ -40,6 +40,7 @@ Streaming only (request `"stream": true`):
   terminating chunk of the chunked body, no [DONE].
 - stall_after=N: after N events, send nothing more; wait until the client goes away.
 - garbage_after=N: after N events, send `data: {not json\\n\\n` and end the body cleanly.
+- text: chat only: answer this text instead of the echo (e.g. megabytes, for a client that stops reading).
 A stream is: role chunk, `chunks` content chunks, finish chunk, usage chunk (only when the request
 has stream_options.include_usage=true and usage is on; then every other chunk has "usage": null),
 `data: [DONE]`. Legacy completion streams have no role chunk.
@@ -138,6 +139,7 @@ class Behavior:
     stall_after: int | None = None
     garbage_after: int | None = None
     usage: bool = True
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -555,7 +557,7 @@ class FakeOpenAI:
         tool_name: str | None = None
         if isinstance(tools, list) and tools and "CALL_TOOL" in last_user:
             tool_name = str(tools[0].get("function", {}).get("name", "tool"))
-        text = TOOL_ARGUMENTS if tool_name is not None else "echo: " + last_user
+        text = TOOL_ARGUMENTS if tool_name is not None else behavior.text if behavior.text is not None else "echo: " + last_user
         usage = _usage(prompt_tokens, _words(text))
         cid = f"chatcmpl-fake-{n}"
         created = int(time.time())
