@@ -1,17 +1,30 @@
-"""Embeddings micro-batching: concurrent requests for the same model go upstream as one call.
+"""Embeddings micro-batching: one team's concurrent requests for a model go upstream as one call.
 
-The first request of a group opens a batch and arms a timer (`window_ms`, default 2 ms); requests
-that arrive before it fires join the batch, up to `max_inputs` inputs and `max_tokens` approximate
-tokens (a request that would overflow it sends the open batch at once and opens the next). The
-batch then goes upstream as one request whose `input` is every caller's inputs in order; the
-answer's vectors are split back by index, and its usage is apportioned by each caller's share of
-the approximate tokens (largest remainder, so the parts add up to the provider's total). An
-upstream error reaches every caller in the batch.
+Who shares a call. Requests batch together only when they come from the same team, are served by
+the same model with everything but `input` identical (`dimensions`, `encoding_format`, `user`...)
+and have inputs of one kind (text or token ids). The team is the response cache's tenant scope
+(`t:<team>`; every key of a team shares it), so an upstream call never carries two teams' inputs; a
+model with `cache_scope = "shared"` shares answers across teams, never calls.
 
-Requests batch together only when everything but `input` is identical (served model,
-`dimensions`, `encoding_format`, `user`...) and their inputs are of the same kind (text or token
-ids). A batch of one is sent exactly as its caller wrote it. A caller that leaves does not cancel
-the batch: the others still need it.
+When a batch goes. Formation follows concurrency, like the Redis cache's MGET drainer: a request
+whose group has no call in flight goes upstream at once, alone, exactly as written and from its own
+task (without concurrency, batching costs a dict lookup). Requests that arrive while a call of
+their group is in flight wait, and go together as the next call the moment one returns; one that
+would take the waiting batch past `max_inputs` inputs or `max_tokens` approximate tokens
+(characters / 4) sends it at once. With `window_ms` > 0, a request of an idle group waits that
+long for company instead. `max_inputs = 1` turns batching off.
+
+Isolation. A batched call the provider refuses as a client error (400, 404, 409, 413, 422: the
+provider's message may quote any input) is retried as one call per member, as its caller wrote
+it, so only the request with the bad input fails, with its own error. Any other failure (rate
+limit, server error, timeout, after the routing stage's retries) reaches every member, in the
+gateway's words rather than the provider's. A caller that leaves does not cancel the batch.
+
+Attribution. Vectors are split back by index. No supported wire format reports per-input usage
+(OpenAI gives the call's total, Gemini none: the gateway counts it), so each member is charged its
+own inputs' tokens, counted with tiktoken for the deployment's model (token-id inputs count their
+ids); where the provider's total differs, it is apportioned in proportion to those counts (largest
+remainder, ties to the earlier member), so the parts always add up to the provider's total.
 """
 
 from __future__ import annotations
@@ -24,16 +37,23 @@ from typing import Any
 
 import orjson
 
+from gateway import tokens
 from gateway.catalog import ModelRoute
 from gateway.config.schema import BatchSection
+from gateway.errors import GatewayError, UpstreamStatusError
 from gateway.pipeline.dispatch import settle
 from gateway.pipeline.record import Record
+from gateway.pipeline.usage import load_encoding
 from gateway.providers.base import Deployment, Reply, Usage
 from gateway.providers.openai import garbage
 
 Answer = tuple[bytes, Reply]
 # one upstream embeddings call, with the routing stage's retries and fallbacks: the deployment that answered, and its answer
 Complete = Callable[[dict[str, Any], ModelRoute, Record], Awaitable[tuple[Deployment, Answer]]]
+
+# a batch's inputs up to this many approximate tokens (~1 KB of text, ~60 us of tiktoken) are
+# counted on the event loop; more costs less as one hop to a thread than it would block the loop
+INLINE_TOKENS = 256
 
 
 def split_inputs(value: Any) -> tuple[str, list[Any]] | None:
@@ -56,7 +76,8 @@ def approx_tokens(inputs: list[Any]) -> int:
 
 
 def apportion(total: int, weights: list[int]) -> list[int]:
-    """Split `total` in proportion to `weights`, in whole numbers that add up to `total`."""
+    """Split `total` in proportion to `weights`, in whole numbers that add up to `total`; the
+    largest remainders get the leftover units, the earlier of equal ones first."""
     scale = sum(weights)
     if scale <= 0:
         weights, scale = [1] * len(weights), len(weights)
@@ -68,38 +89,54 @@ def apportion(total: int, weights: list[int]) -> list[int]:
     return parts
 
 
+def count_inputs(groups: list[list[Any]], model: str) -> list[int]:
+    """Each group's tokens, as the provider would count them (CPU-bound: see INLINE_TOKENS)."""
+    return [tokens.count_prompt(inputs, model) for inputs in groups]
+
+
 @dataclass(slots=True)
 class _Caller:
     body: dict[str, Any]
     inputs: list[Any]
-    weight: int
+    weight: int  # approximate tokens
     record: Record
     future: asyncio.Future[Answer]
 
 
 @dataclass(slots=True)
-class _Batch:
+class _Group:
+    """The requests that may share a call (see the module docstring), and its calls in flight."""
+
+    key: tuple[str, ...]
     route: ModelRoute
     settings: BatchSection
-    callers: list[_Caller] = field(default_factory=list)
-    inputs: int = 0
+    text: bool  # inputs are text (else token ids)
+    in_flight: int = 0
+    waiting: list[_Caller] = field(default_factory=list)
+    inputs: int = 0  # of the waiting callers
     tokens: int = 0
     timer: asyncio.TimerHandle | None = None
+
+
+def _group_key(team: str, model: str, kind: str, body: dict[str, Any]) -> tuple[str, ...]:
+    rest = {k: v for k, v in body.items() if k != "input"}
+    return (team, model, kind, orjson.dumps(rest, option=orjson.OPT_SORT_KEYS).decode())
 
 
 class Batcher:
     def __init__(
         self, settings: dict[str, BatchSection], complete: Complete, observe: Callable[[int, int], None] = lambda requests, inputs: None
     ) -> None:
-        self._settings = {model: s for model, s in settings.items() if s.window_ms > 0}
+        self._settings = {model: s for model, s in settings.items() if s.max_inputs > 1}
         self._complete = complete
         self._observe = observe
-        self._open: dict[tuple[str, ...], _Batch] = {}
+        self._groups: dict[tuple[str, ...], _Group] = {}
         self._sending: set[asyncio.Task[None]] = set()
 
     async def embed(self, body: dict[str, Any], route: ModelRoute, record: Record) -> Answer:
+        """The answer to one embeddings request; `record.team` decides whom it may share a call with."""
         settings = self._settings.get(route.name)
-        split = split_inputs(body.get("input"))
+        split = split_inputs(body.get("input")) if settings is not None else None
         if settings is None or split is None:
             return (await self._complete(body, route, record))[1]
         kind, inputs = split
@@ -107,62 +144,147 @@ class Batcher:
         if len(inputs) >= settings.max_inputs or weight >= settings.max_tokens:
             self._observe(1, len(inputs))
             return (await self._complete(body, route, record))[1]
-        rest = {k: v for k, v in body.items() if k != "input"}
-        group = (route.name, kind, orjson.dumps(rest, option=orjson.OPT_SORT_KEYS).decode())
-        batch = self._open.get(group)
-        if batch is not None and (batch.inputs + len(inputs) > settings.max_inputs or batch.tokens + weight > settings.max_tokens):
-            self._send(group, batch)
-            batch = None
-        if batch is None:
-            batch = self._open[group] = _Batch(route, settings)
-            batch.timer = asyncio.get_running_loop().call_later(settings.window_ms / 1000, self._send, group, batch)
+        key = _group_key(record.team or "", route.name, kind, body)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(key, route, settings, kind == "text")
+        if group.in_flight == 0 and not group.waiting and settings.window_ms == 0:
+            return await self._alone(group, body, len(inputs), record)
         caller = _Caller(body, inputs, weight, record, asyncio.get_running_loop().create_future())
-        batch.callers.append(caller)
-        batch.inputs += len(inputs)
-        batch.tokens += weight
-        if batch.inputs >= settings.max_inputs:
-            self._send(group, batch)
+        self._join(group, caller)
         return await caller.future
 
-    def _send(self, group: tuple[str, ...], batch: _Batch) -> None:
-        if self._open.get(group) is batch:
-            del self._open[group]
-        if batch.timer is not None:
-            batch.timer.cancel()
-        task = asyncio.create_task(self._call(batch))
+    async def _alone(self, group: _Group, body: dict[str, Any], inputs: int, record: Record) -> Answer:
+        """Nothing of the group is in flight: go at once, from the caller's task."""
+        group.in_flight += 1
+        self._observe(1, inputs)
+        try:
+            return (await self._complete(body, group.route, record))[1]
+        finally:
+            self._returned(group)
+
+    def _join(self, group: _Group, caller: _Caller) -> None:
+        settings = group.settings
+        if group.waiting and (
+            group.inputs + len(caller.inputs) > settings.max_inputs or group.tokens + caller.weight > settings.max_tokens
+        ):
+            self._send(group)
+        group.waiting.append(caller)
+        group.inputs += len(caller.inputs)
+        group.tokens += caller.weight
+        if group.inputs >= settings.max_inputs:
+            self._send(group)
+        elif group.in_flight == 0 and group.timer is None:
+            group.timer = asyncio.get_running_loop().call_later(settings.window_ms / 1000, self._send, group)
+
+    def _send(self, group: _Group) -> None:
+        if group.timer is not None:
+            group.timer.cancel()
+            group.timer = None
+        callers, group.waiting, group.inputs, group.tokens = group.waiting, [], 0, 0
+        if not callers:
+            return
+        group.in_flight += 1
+        task = asyncio.create_task(self._call(group, callers))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _call(self, batch: _Batch) -> None:
-        callers = batch.callers
-        self._observe(len(callers), batch.inputs)
+    def _returned(self, group: _Group) -> None:
+        """A call of the group is over: those who waited for it go now, as one call."""
+        group.in_flight -= 1
+        if group.waiting and group.timer is None:
+            self._send(group)
+        elif group.in_flight == 0 and not group.waiting and self._groups.get(group.key) is group:
+            del self._groups[group.key]
+
+    async def _call(self, group: _Group, callers: list[_Caller]) -> None:
+        route, refused = group.route, False
+        self._observe(len(callers), sum(len(c.inputs) for c in callers))
         try:
             if len(callers) == 1:
-                _, answer = await self._complete(callers[0].body, batch.route, callers[0].record)
-                _resolve(callers[0], answer)
-                return
-            await self._call_many(batch)
-        except Exception as exc:  # GatewayErrors and bugs alike reach every caller
-            for caller in callers:
+                await _one(self._complete, callers[0], route)
+            else:
+                refused = await self._many(group, callers)
+        finally:
+            self._returned(group)
+        try:
+            if refused:  # each member alone: only the one with the bad input fails, with its own error
+                await asyncio.gather(*(_one(self._complete, c, route) for c in callers if not c.future.done()))
+        finally:
+            for caller in callers:  # only when this task itself was cancelled (shutdown)
                 if not caller.future.done():
-                    caller.future.set_exception(exc)
+                    caller.future.cancel()
 
-    async def _call_many(self, batch: _Batch) -> None:
-        callers = batch.callers
+    async def _many(self, group: _Group, callers: list[_Caller]) -> bool:
+        """One call for every caller; True when the provider refused it as a client error."""
         first = callers[0]
         shared = Record(first.record.request_id + "-batch", first.record.operation, time.time(), time.perf_counter(), first.record.model)
         body = {**first.body, "input": [i for c in callers for i in c.inputs]}
-        deployment, (_, reply) = await self._complete(body, batch.route, shared)
-        items = reply.data.get("data")
-        if not isinstance(items, list) or len(items) != batch.inputs or not all(isinstance(i, dict) for i in items):
-            raise garbage()
-        items.sort(key=lambda item: item.get("index", 0))
-        total = reply.usage.prompt_tokens if reply.usage is not None else 0
+        try:
+            deployment, (_, reply) = await self._complete(body, group.route, shared)
+            items = _items(reply, sum(len(c.inputs) for c in callers))
+            counts = await _token_counts(callers, group.text, deployment.model)
+        except UpstreamStatusError:
+            return True
+        except GatewayError as exc:
+            for caller in callers:
+                _fail(caller, _in_own_words(exc))
+            return False
+        except Exception as exc:  # a bug reaches every caller rather than leaving them waiting
+            for caller in callers:
+                _fail(caller, exc)
+            return False
+        total = reply.usage.prompt_tokens if reply.usage is not None else sum(counts)
         offset = 0
-        for caller, tokens in zip(callers, apportion(total, [c.weight for c in callers]), strict=True):
+        for caller, used in zip(callers, apportion(total, counts), strict=True):
             part = [{**item, "index": j} for j, item in enumerate(items[offset : offset + len(caller.inputs)])]
             offset += len(caller.inputs)
-            _resolve(caller, _share(caller, part, tokens, reply, deployment, shared))
+            _resolve(caller, _share(caller, part, used, reply, deployment, shared))
+        return False
+
+
+async def _one(complete: Complete, caller: _Caller, route: ModelRoute) -> None:
+    """A batch of one: the caller's request exactly as written, on its own record."""
+    try:
+        _, answer = await complete(caller.body, route, caller.record)
+    except Exception as exc:
+        _fail(caller, exc)
+    else:
+        _resolve(caller, answer)
+
+
+def _items(reply: Reply, expected: int) -> list[dict[str, Any]]:
+    """The answer's vectors in input order; a count or index that does not add up is garbage."""
+    items = reply.data.get("data")
+    if not isinstance(items, list) or len(items) != expected:
+        raise garbage()
+    if not all(isinstance(i, dict) and isinstance(i.get("index", 0), int) for i in items):
+        raise garbage()
+    return sorted(items, key=lambda item: item.get("index", 0))
+
+
+async def _token_counts(callers: list[_Caller], text: bool, model: str) -> list[int]:
+    groups = [c.inputs for c in callers]
+    if not text:
+        return count_inputs(groups, model)  # token ids: their number, no tokenizer involved
+    await load_encoding(model)
+    if sum(c.weight for c in callers) <= INLINE_TOKENS:
+        return count_inputs(groups, model)
+    return await asyncio.to_thread(count_inputs, groups, model)
+
+
+def _in_own_words(exc: GatewayError) -> GatewayError:
+    """A batched call's error, for one of its members: the provider's message may quote another
+    member's input, so it says what failed in the gateway's words (status, code, Retry-After kept)."""
+    error = type(exc)(
+        f"the upstream call carrying this request with others failed ({exc.error_type})",
+        param=exc.param,
+        code=exc.code,
+        retry_after=exc.retry_after,
+        status=exc.status,
+    )
+    error.retryable, error.reason = exc.retryable, exc.reason
+    return error
 
 
 def _share(caller: _Caller, items: list[dict[str, Any]], tokens: int, reply: Reply, deployment: Deployment, shared: Record) -> Answer:
@@ -181,3 +303,8 @@ def _share(caller: _Caller, items: list[dict[str, Any]], tokens: int, reply: Rep
 def _resolve(caller: _Caller, answer: Answer) -> None:
     if not caller.future.done():
         caller.future.set_result(answer)
+
+
+def _fail(caller: _Caller, exc: BaseException) -> None:
+    if not caller.future.done():
+        caller.future.set_exception(exc)

@@ -102,8 +102,8 @@ class RuleSection(Strict):
 
 
 class BatchSection(Strict):
-    window_ms: float = Field(2.0, ge=0, le=1000)  # 0 = no batching
-    max_inputs: int = Field(256, ge=1, le=2048)
+    window_ms: float = Field(0.0, ge=0, le=1000)  # how long a request waits for company when none of its batch group is in flight
+    max_inputs: int = Field(256, ge=1, le=2048)  # 1 = no batching
     max_tokens: int = Field(100_000, ge=1)  # approximate (4 characters a token)
 
 

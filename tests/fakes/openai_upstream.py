@@ -19,7 +19,9 @@ Answers are deterministic:
   first tool with arguments '{"q": "x"}' and finish_reason "tool_calls".
 - legacy completions: "echo: " + prompt (one choice per prompt when `prompt` is a list).
 - embeddings: `expected_embedding(input)` for each input (8 floats unless `dimensions` is given),
-  as JSON floats or, with encoding_format "base64", little-endian float32 in base64.
+  as JSON floats or, with encoding_format "base64", little-endian float32 in base64. An input
+  containing REJECT_INPUT is refused with a 400 quoting it; `fake.embeddings_delay_s` delays every
+  embeddings answer, `fake.embedding_tokens` (a function of one text) counts its usage tokens.
 - token counts are whitespace-separated words: prompt = words of all message texts, completion =
   words of the answer text (or of the tool arguments); identical for stream and non-stream.
 
@@ -62,7 +64,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType, TracebackType
 from typing import Any, Self
@@ -89,6 +91,9 @@ EMBEDDING_DIMENSIONS = 8
 TOOL_ARGUMENTS = '{"q": "x"}'
 GARBAGE_EVENT = b"data: {not json\n\n"
 DONE_EVENT = b"data: [DONE]\n\n"
+# an embeddings input containing this is refused with a 400 whose message quotes the input, as a
+# provider may do (the batching tests check that no other request ever sees it)
+REJECT_INPUT = "REJECT-THIS-INPUT"
 
 _SPLIT_SIZES = (2, 7, 1, 8, 2, 8, 1, 8)
 _SPLIT_PAUSE_S = 0.001
@@ -527,6 +532,8 @@ class FakeOpenAI:
             return await self._chat(request, parsed, behavior, n, stream)
         if request.path == "/v1/completions":
             return await self._completion(request, parsed, behavior, n, stream)
+        if self.embeddings_delay_s > 0:
+            await self._pause(request, self.embeddings_delay_s)
         return self._embeddings(parsed, behavior, n)
 
     # ---- endpoints
@@ -718,6 +725,10 @@ class FakeOpenAI:
             inputs = list(raw)
         else:
             return self._error(n, behavior, 400, "'input' is a required property", param="input")
+        rejected = next((i for i, x in enumerate(inputs) if isinstance(x, str) and REJECT_INPUT in x), None)
+        if rejected is not None:
+            message = f"Invalid 'input[{rejected}]': {inputs[rejected]!r} is not allowed."
+            return self._error(n, behavior, 400, message, param="input")
         dims = req.get("dimensions")
         dims = dims if isinstance(dims, int) and dims > 0 else EMBEDDING_DIMENSIONS
         b64 = req.get("encoding_format") == "base64"
@@ -725,7 +736,10 @@ class FakeOpenAI:
         tokens = 0
         for i, item in enumerate(inputs):
             vector = expected_embedding(item, dims)
-            tokens += _words(item) if isinstance(item, str) else len(item)
+            if isinstance(item, str):
+                tokens += self.embedding_tokens(item) if self.embedding_tokens is not None else _words(item)
+            else:
+                tokens += len(item)
             encoded: Any = vector
             if b64:
                 encoded = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
@@ -757,6 +771,10 @@ class FakeOpenAI:
         return headers
 
     behavior_type: type[Behavior] = Behavior  # a provider fake's own Behavior subclass
+    # embeddings only, set per instance: a latency for every call (so concurrent callers really
+    # overlap), and how an input's usage tokens are counted (default: whitespace-separated words)
+    embeddings_delay_s: float = 0.0
+    embedding_tokens: Callable[[str], int] | None = None
 
     def _scripted(self, behavior: Behavior, n: int) -> tuple[Any, web.Response | None]:
         """For a provider fake: the script entry as its own Behavior type, and the answer the script
