@@ -37,7 +37,7 @@ from gateway.errors import BadRequest, GatewayError, NotFound, PermissionDenied,
 from gateway.limits.store import open_limits
 from gateway.metrics import Metrics
 from gateway.pipeline import dispatch
-from gateway.pipeline.auth import authenticate, require_admin, require_tools
+from gateway.pipeline.auth import AdminScope, authenticate, authenticate_admin, require_tools
 from gateway.pipeline.body import parse_json, read_body, validate
 from gateway.pipeline.limit import Limiter
 from gateway.pipeline.record import Record
@@ -111,6 +111,7 @@ class Gateway:
         catalog = build_catalog(config, self.pool)
         policies = load_policies(config)
         self.reload_error: str | None = None
+        self._reloading = asyncio.Lock()  # the watcher's and /admin/reload's reloads, one at a time
         self.metrics = Metrics(frozenset(catalog.models))
         state = config.file.state
         up = self.metrics.limits_backend_up
@@ -159,7 +160,9 @@ class Gateway:
             log.warning("limits are counted per worker process ([state] limits = memory): use redis:// to share them")
         if self.policies.open is not None:
             log.warning(
-                "OPEN MODE: no policy files in %s; every request is admitted without a key", self.config.path(self.config.file.policies.dir)
+                "OPEN MODE ([policies] open = true): requests without a key listed in %s are admitted as the open principal, "
+                "with every model and no limits; the admin API still needs an admin key from a policy file",
+                self.config.path(self.config.file.policies.dir),
             )
 
     async def shutdown(self) -> None:
@@ -383,22 +386,29 @@ class Gateway:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def admin_policies(self, request: Request) -> Response:
-        return await self._admin(request, self._policy_status)
+        return await self._admin(request, lambda scope: self._policy_status(), whole_gateway=True)
 
     async def admin_reload(self, request: Request) -> Response:
-        return await self._admin(request, self._reload)
+        return await self._admin(request, lambda scope: self._reload(), whole_gateway=True)
 
     async def admin_traces(self, request: Request) -> Response:
-        return await self._admin(request, lambda: self.trace_admin.list(request.query_params))
+        return await self._admin(request, lambda scope: self.trace_admin.list(request.query_params, scope.team))
 
     async def admin_trace(self, request: Request) -> Response:
-        return await self._admin(request, lambda: self.trace_admin.get(request.path_params["request_id"]))
+        rid, query = request.path_params["request_id"], request.query_params
+        return await self._admin(request, lambda scope: self.trace_admin.get(rid, query, scope.team))
 
-    async def _admin(self, request: Request, action: Any) -> Response:
+    async def _admin(
+        self, request: Request, action: Callable[[AdminScope], Awaitable[dict[str, Any]]], whole_gateway: bool = False
+    ) -> Response:
+        """An admin key from a policy file (never open mode); `whole_gateway` endpoints need a global one,
+        the others are given the caller's scope, which confines a team admin to its team's objects."""
         rid = request_id(request.headers)
         try:
-            require_admin(authenticate(request.headers, self.policies))
-            return Response(orjson.dumps(await action()), headers={"x-request-id": rid}, media_type=JSON)
+            scope = authenticate_admin(request.headers, self.policies)
+            if whole_gateway:
+                scope.require_global()
+            return Response(orjson.dumps(await action(scope)), headers={"x-request-id": rid}, media_type=JSON)
         except GatewayError as exc:
             return error_response(exc, rid)
 
@@ -419,8 +429,14 @@ class Gateway:
 
     async def reload(self) -> None:
         """Validate the config file and the whole policy directory (off the event loop) and swap in
-        the result as one `Live`. On any problem the last good config and policies stay, and the
-        error is logged and shown by /admin/policies."""
+        the result as one `Live`. On any problem (a policy set without a key included, unless open
+        mode) the last good config and policies stay, and the error is logged and shown by
+        /admin/policies. Reloads run one at a time and read the files only once they hold the lock,
+        so a slow one can never swap in a snapshot older than what a quicker one already applied."""
+        async with self._reloading:
+            await self._reload_now()
+
+    async def _reload_now(self) -> None:
         old = self.live
         try:
             config, catalog, policies = await asyncio.to_thread(self._load, old.config)
@@ -440,6 +456,9 @@ class Gateway:
             log.warning("config reloaded: %s -> %s", old.config.hash, config.hash)
         if policies.version != old.policies.version:
             log.warning("policies reloaded: version %s -> %s (%s)", old.policies.version, policies.version, ", ".join(policies.files))
+        if (policies.open is None) != (old.policies.open is None):
+            state = ("ON", "true") if policies.open is not None else ("off", "false")
+            log.warning("OPEN MODE is now %s ([policies] open = %s)", *state)
 
     def _load(self, current: Config) -> tuple[Config, Catalog | None, PolicySet]:
         """The config file as it is now (if it changed: with its catalog) and the policies against it."""

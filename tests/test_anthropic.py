@@ -31,6 +31,9 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BAAAMBAQAY3
 
 def config(base_url: str) -> str:
     return f"""
+[policies]
+open = true  # keyless clients: these tests are about the provider, not keys
+
 [state]
 traces = "sqlite:///traces.db"
 

@@ -44,6 +44,9 @@ class FakeAzure(FakeOpenAI):
 
 def config(base_url: str) -> str:
     return f"""
+[policies]
+open = true  # keyless clients: these tests are about the provider, not keys
+
 [state]
 traces = "sqlite:///traces.db"
 

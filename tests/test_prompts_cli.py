@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from tests.conftest import KEYS, GatewayProcess, config_for
+from tests.conftest import DEFAULT_POLICY, KEYS, GatewayProcess, config_for
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.test_prompts import SUPPORT, start
 
@@ -118,6 +118,7 @@ def test_check_validates_prompt_files(tmp_path: Path, capsys: pytest.CaptureFixt
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", "x")
     good = write_config(tmp_path, SUPPORT)
     (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "default.toml").write_text(DEFAULT_POLICY)  # no key at all would be a problem of its own
     assert run(capsys, "check", "--config", str(good))[0] == 0
     write_config(
         tmp_path,

@@ -25,7 +25,8 @@ from gateway.config.secrets import Secret, resolve
 
 BUILTIN = "<built-in defaults>"
 
-# Runs with no external service at all: one in-process mock model, open mode unless ./policies exists.
+# Runs with no external service at all: one in-process mock model. Never open mode: it serves the keys
+# in ./policies, and without any `gateway serve` exits 1 saying so (SPEC section 3: fail closed).
 DEFAULTS: dict[str, Any] = {
     "providers": {"demo": {"kind": "mock"}},
     "models": {"demo-echo": {"targets": [{"provider": "demo", "model": "echo"}]}},

@@ -4,19 +4,24 @@ Files in the policies directory are validated together and compiled against the 
 into one immutable `PolicySet`: a key's SHA-256 maps straight to the frozen set of model names it
 may use, so the per-request check is two dict/set lookups and no glob matching. A set with any
 problem is never built: the caller keeps the last good one.
+
+Fail closed: a set without a single key is a problem too, unless the config says `[policies]
+open = true`. So a deleted, emptied or misnamed policy directory stops a start and is refused by a
+reload, instead of silently admitting everyone.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from gateway.config.load import Config, read_toml
+from gateway.config.load import BUILTIN, Config
 from gateway.config.problems import ConfigError, Problem, dotted, from_validation, salvage
 from gateway.config.schema import Strict
 from gateway.guardrails import Guardrails, GuardrailsSection
@@ -46,7 +51,7 @@ class KeySection(Limits):
     name: str = Field(min_length=1)
     team: str
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
-    admin: bool = False
+    admin: bool | Literal["team"] = False  # true: the whole admin API; "team": its own team's objects only
 
 
 class PolicyFile(Strict):
@@ -60,7 +65,7 @@ class Principal:
 
     key_name: str
     team: str
-    admin: bool
+    admin: bool | Literal["team"]  # True: global admin; "team": admin of its team's objects; False: none
     models: frozenset[str]
     limits: Limits
     prompts: frozenset[str] | None
@@ -76,7 +81,7 @@ class PolicySet:
     keys: dict[str, Principal]  # lower-case hex sha256 -> principal
     version: str  # content hash of every file, in name order
     files: tuple[str, ...]
-    open: Principal | None  # no policy files: everyone is this principal (open mode)
+    open: Principal | None  # [policies] open = true: who a request without a listed key is (never an admin)
 
 
 def policy_files(directory: Path) -> list[Path]:
@@ -90,12 +95,15 @@ def load_policies(config: Config) -> PolicySet:
     parsed: list[tuple[str, PolicyFile]] = []
     digest = hashlib.sha256()
     for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         try:
-            raw: dict[str, Any] = read_toml(path)
+            text = path.read_bytes()  # read once: the version hashes exactly what was validated
+            digest.update(path.name.encode() + b"\0" + text + b"\0")
+            raw: dict[str, Any] = tomllib.loads(text.decode())
             parsed.append((str(path), PolicyFile.model_validate(raw)))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
+        except OSError as exc:  # e.g. removed since the listing: this set is not one that exists; the next poll sees it settled
+            problems.append(Problem(str(path), "", f"cannot read: {exc.strerror}"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            problems.append(Problem(str(path), "", f"invalid TOML: {exc}"))
         except ValidationError as exc:
             problems.extend(from_validation(str(path), exc))
             readable = salvage(PolicyFile, raw)  # its keys and teams are still checked against the rest
@@ -103,10 +111,25 @@ def load_policies(config: Config) -> PolicySet:
                 parsed.append((str(path), readable))
     models = sorted(config.file.models)
     keys = _compile(parsed, models, problems)
+    is_open = config.file.policies.open
+    if not keys and not is_open and not problems:
+        problems.append(no_keys(config, directory, files))
     if problems:
         raise ConfigError(problems)
-    everyone = None if files else Principal("open", "open", True, frozenset(models), Limits(), None, None)
+    everyone = Principal("open", "open", False, frozenset(models), Limits(), None, None) if is_open else None
     return PolicySet(keys=keys, version=digest.hexdigest()[:16], files=tuple(p.name for p in files), open=everyone)
+
+
+def no_keys(config: Config, directory: Path, files: list[Path]) -> Problem:
+    """The problem a set without any key is: named by its directory, saying both ways out."""
+    found = f"the policy files in {directory} define" if files else f"{directory} holds no policy file (*.toml), so it defines"
+    where = "a config file (--config)" if config.source == BUILTIN else config.source
+    return Problem(
+        config.source,
+        "policies",
+        f"{found} no API key, and [policies] open is false: the gateway would admit nobody. Add a key with "
+        f"`gateway keys new` to a *.toml file there, or set [policies] open = true in {where} to admit requests without a key.",
+    )
 
 
 def _compile(parsed: list[tuple[str, PolicyFile]], models: list[str], problems: list[Problem]) -> dict[str, Principal]:

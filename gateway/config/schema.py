@@ -129,11 +129,19 @@ class DirSection(Strict):
     dir: str
 
 
+class PoliciesSection(Strict):
+    dir: str = "policies"
+    # true: a request without a key (or with one no policy file lists) is admitted as the keyless
+    # "open" principal. Off, a gateway with no key at all refuses to start and a reload that would
+    # leave none is rejected: losing the policy files must never open the gateway.
+    open: bool = False
+
+
 class ConfigFile(Strict):
     server: ServerSection = ServerSection()
     state: StateSection = StateSection()
     telemetry: TelemetrySection = TelemetrySection()
     providers: dict[str, ProviderSection] = {}
     models: dict[str, ModelSection] = {}
-    policies: DirSection = DirSection(dir="policies")
+    policies: PoliciesSection = PoliciesSection()
     prompts: DirSection = DirSection(dir="prompts")

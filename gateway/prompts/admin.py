@@ -3,6 +3,10 @@
 Moving `production` runs the target version's test cases first, in-process through the app itself
 (the same path a client request takes, with the caller's key); a failing case refuses the move
 unless the body says `"force": true`, and a forced move is logged as such and stored with a flag.
+
+A team admin (`admin = "team"`) reads and changes only the prompt ids its team's `prompts` list
+names (a team without that list owns none); any other id answers 404, as a missing one does, so
+what other teams keep is not revealed.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.config.policies import PolicySet
-from gateway.errors import BadRequest, Conflict, GatewayError
-from gateway.pipeline.auth import authenticate, require_admin
+from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
+from gateway.pipeline.auth import AdminScope, authenticate_admin
 from gateway.pipeline.body import read_json
 from gateway.prompts.registry import DEFAULT_LABEL, Prompt, Version
 from gateway.prompts.runner import run_cases
@@ -29,8 +33,13 @@ from gateway.prompts.service import PromptService
 
 log = logging.getLogger("gateway.prompts")
 JSON = "application/json"
-Handler = Callable[[Request], Awaitable[tuple[int, Any]]]
+Handler = Callable[[Request, AdminScope], Awaitable[tuple[int, Any]]]
 _AUTH_HEADERS = ("authorization", "api-key")
+
+
+def owned(scope: AdminScope, prompt_id: str) -> None:
+    if not scope.owns_prompt(prompt_id):
+        raise NotFound(f"The prompt `{prompt_id}` does not exist.", param="prompt", code="prompt_not_found")
 
 
 def version_json(prompt: Prompt, version: Version) -> dict[str, Any]:
@@ -56,18 +65,24 @@ class PromptAdmin:
     def _admin(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
-                require_admin(authenticate(request.headers, self.policies()))
-                status, body = await handler(request)
+                scope = authenticate_admin(request.headers, self.policies())
+                if "id" in request.path_params:
+                    owned(scope, request.path_params["id"])
+                status, body = await handler(request, scope)
             except GatewayError as exc:
                 return Response(exc.json(), exc.status, headers=exc.headers(), media_type=JSON)
             return Response(orjson.dumps(body), status, media_type=JSON)
 
         return endpoint
 
-    async def index(self, request: Request) -> tuple[int, Any]:
-        return 200, self.service.status()
+    async def index(self, request: Request, scope: AdminScope) -> tuple[int, Any]:
+        status = self.service.status()
+        if scope.prompts is None:
+            return 200, status
+        # the file names and a reload error may name other teams' prompts: a team admin sees its own rows only
+        return 200, {"prompts": [p for p in status["prompts"] if scope.owns_prompt(p["id"])], "store": status["store"]}
 
-    async def show(self, request: Request) -> tuple[int, Any]:
+    async def show(self, request: Request, scope: AdminScope) -> tuple[int, Any]:
         """The whole prompt, or with `?ref=LABEL|N` the one version it resolves to."""
         registry = self.service.registry
         prompt_id = request.path_params["id"]
@@ -79,7 +94,7 @@ class PromptAdmin:
         labels = {name: {"version": lb.version, "source": lb.source, "forced": lb.forced} for name, lb in prompt.labels.items()}
         return 200, {"id": prompt.id, "labels": labels, "versions": [version_json(prompt, v) for v in prompt.versions.values()]}
 
-    async def push(self, request: Request) -> tuple[int, Any]:
+    async def push(self, request: Request, scope: AdminScope) -> tuple[int, Any]:
         body = await read_json(request, self.max_body)
         try:
             spec = VersionSpec.model_validate(body)
@@ -92,7 +107,7 @@ class PromptAdmin:
             log.info("prompt %s: version %d pushed (hash %s)", prompt_id, number, digest[:16])
         return (201 if created else 200), {"id": prompt_id, "version": number, "hash": digest, "created": created}
 
-    async def label(self, request: Request) -> tuple[int, Any]:
+    async def label(self, request: Request, scope: AdminScope) -> tuple[int, Any]:
         try:
             move = LabelMove.model_validate(await read_json(request, self.max_body))
         except ValidationError as exc:

@@ -1,13 +1,15 @@
 """`GET /admin/traces` and `GET /admin/traces/{request_id}`: the trace store, read in a thread.
 
 The list pages by `cursor` (the `next_cursor` of the previous page), newest first, or oldest first
-with `order=asc` (how `gateway traces export --url` reads a whole range in time order).
+with `order=asc` (how `gateway traces export --url` reads a whole range in time order). A team
+admin's calls are confined to its team's rows: the team filter is forced, never trusted from the query.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,8 +65,13 @@ class TraceAdmin:
                     return None
                 raise
 
-    async def list(self, query: Mapping[str, str]) -> dict[str, Any]:
+    async def list(self, query: Mapping[str, str], team: str | None = None) -> dict[str, Any]:
+        """A page of rows; a team admin's (`team`) only ever of its own team, whatever it filters by."""
         filters = filters_from(query)
+        if team is not None:
+            if filters.team not in (None, team):
+                return {"object": "list", "data": [], "next_cursor": None}
+            filters = dataclasses.replace(filters, team=team)
         limit = min(_int(query, "limit", 50) or 0, MAX_LIMIT)
         cursor = _int(query, "cursor", None)
         order = query.get("order") or "desc"
@@ -75,8 +82,14 @@ class TraceAdmin:
         data, next_cursor = found if found is not None else ([], None)
         return {"object": "list", "data": data, "next_cursor": str(next_cursor) if next_cursor is not None else None}
 
-    async def get(self, request_id: str) -> dict[str, Any]:
-        found = await asyncio.to_thread(self._read, lambda conn: store.get(conn, request_id))
+    async def get(self, request_id: str, query: Mapping[str, str], team: str | None = None) -> dict[str, Any]:
+        """The newest row with this id (`?team=` picks a team's); a team admin's only of its own
+        team: another team's row answers 404 like no row, so its existence is not revealed."""
+        wanted = query.get("team") or None
+        if team is not None and wanted not in (None, team):
+            found = None
+        else:
+            found = await asyncio.to_thread(self._read, lambda conn: store.get(conn, request_id, team or wanted))
         if found is None:
             raise NotFound(f"No trace for request `{request_id}` (records are written within about a second).", code="trace_not_found")
         result: dict[str, Any] = found

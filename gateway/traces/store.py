@@ -214,8 +214,14 @@ def scan(conn: sqlite3.Connection, filters: Filters) -> Iterator[dict[str, Any]]
         yield to_dict(names, row)
 
 
-def get(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
-    found = conn.execute("SELECT * FROM traces WHERE request_id = ? ORDER BY seq DESC LIMIT 1", (request_id,))
+def get(conn: sqlite3.Connection, request_id: str, team: str | None = None) -> dict[str, Any] | None:
+    """The newest row with this request id, of `team` when given. Clients may send their own
+    `x-request-id`, so one id can have rows of several teams; the `request_id` index finds them all
+    and `seq` (the rowid, which that index carries) picks the newest."""
+    if team is None:
+        found = conn.execute("SELECT * FROM traces WHERE request_id = ? ORDER BY seq DESC LIMIT 1", (request_id,))
+    else:
+        found = conn.execute("SELECT * FROM traces WHERE request_id = ? AND team = ? ORDER BY seq DESC LIMIT 1", (request_id, team))
     row = found.fetchone()
     return to_dict(_names(found), row) if row is not None else None
 
