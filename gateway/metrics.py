@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.pipeline.record import Record
+from gateway.traces.writer import DEGRADE_REASONS, DROP_REASONS, SPAN_DROP_REASONS
 
 # OpenTelemetry GenAI semantic-convention bucket boundaries
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
@@ -244,21 +245,31 @@ class _TraceCollector:
         written = CounterMetricFamily("gateway_trace_records_written", "Trace records written to the store")
         written.add_metric([], totals.get("written", 0))
         dropped = _by_reason(
-            "gateway_trace_records_dropped", "Trace records dropped, by reason", totals.get("dropped"), "store_error", dropped_here
+            "gateway_trace_records_dropped", "Trace records dropped, by reason", totals.get("dropped"), DROP_REASONS, dropped_here
+        )
+        degraded = _by_reason(
+            "gateway_trace_records_degraded",
+            "Trace records stored without their content (it could not be captured), by reason",
+            totals.get("degraded"),
+            DEGRADE_REASONS,
         )
         exported = CounterMetricFamily("gateway_trace_spans_exported", "Spans accepted by the OTLP endpoint")
         exported.add_metric([], totals.get("spans_exported", 0))
         spans_dropped = _by_reason(
-            "gateway_trace_spans_dropped", "Spans dropped, by reason", totals.get("spans_dropped"), "export_failed", spans_dropped_here
+            "gateway_trace_spans_dropped", "Spans dropped, by reason", totals.get("spans_dropped"), SPAN_DROP_REASONS, spans_dropped_here
         )
-        yield from (written, dropped, exported, spans_dropped)
+        yield from (written, dropped, degraded, exported, spans_dropped)
 
 
-def _by_reason(name: str, doc: str, counts: dict[str, int] | None, other: str, queue_full_here: int) -> CounterMetricFamily:
-    """The writer's drop counts by reason, plus what this worker dropped from its own queue."""
+def _by_reason(
+    name: str, doc: str, counts: dict[str, int] | None, reasons: tuple[str, ...], queue_full_here: int = 0
+) -> CounterMetricFamily:
+    """The writer's counts by reason (each reason of the closed set shown, from 0), plus what this
+    worker dropped from its own queue."""
     family = CounterMetricFamily(name, doc, labels=["reason"])
-    by_reason = dict(counts or {"queue_full": 0, other: 0})
-    by_reason["queue_full"] = by_reason.get("queue_full", 0) + queue_full_here
+    by_reason = {**dict.fromkeys(reasons, 0), **(counts or {})}
+    if queue_full_here:
+        by_reason["queue_full"] = by_reason.get("queue_full", 0) + queue_full_here
     for reason, value in sorted(by_reason.items()):
         family.add_metric([reason], value)
     return family

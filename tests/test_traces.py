@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gateway.traces import capture, context, otlp, spans, store
+from gateway.traces import capture, context, otlp, spans, store, writer
 from gateway.traces.cli import dataset_row, sample
 from tests.conftest import DEFAULT_POLICY, KEYS, UPSTREAM_KEY, GatewayFactory, GatewayProcess, free_port, sha
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
@@ -464,7 +465,7 @@ def test_sigterm_under_load_loses_no_record(gateway_factory: GatewayFactory, fak
     recorded = [r[0] for r in conn.execute("SELECT request_id FROM traces")]
     assert len(recorded) == len(set(recorded))
     assert set(answered) <= set(recorded), set(answered) - set(recorded)
-    assert "trace writer done" in gw.log() and "dropped {'queue_full': 0, 'store_error': 0}" in gw.log()
+    assert "trace writer done" in gw.log() and "dropped {'queue_full': 0, 'store_error': 0, 'invalid_record': 0}" in gw.log()
 
 
 def _sh(*cmd: str) -> None:
@@ -600,3 +601,133 @@ def test_a_writer_that_dies_is_replaced_and_records_flow_again(gateway_factory: 
     assert "trace writer exited with -9; starting another" in gw.log()
     assert gw.stop() == 0
     assert "trace writer done" in gw.log()
+
+
+# -- no record, however odd, stops the writer, the exporter or a batch (issue 13, items 4 and 10) --
+
+
+def _writer(tmp_path: Path, otlp: str = "") -> writer.WriterProcess:
+    settings = writer.Settings(
+        db_path=tmp_path / "traces.db",
+        otlp_endpoint=otlp,
+        service_name="test",
+        queue_size=1000,
+        retention_days=30,
+        max_rows=100_000,
+        max_captured_bytes=65536,
+        providers={},
+        export_timeout_s=5,
+    )
+    return writer.WriterProcess(settings)
+
+
+def _sent(request_id: str, **fields: Any) -> dict[str, Any]:
+    """A record as a worker's sink sends it, with only the fields every record has."""
+    return {
+        "request_id": request_id,
+        "operation": "chat",
+        "started_at": time.time(),
+        "duration_s": 0.01,
+        "status": 200,
+        "trace_id": context.new_trace_id(),
+        "span_id": context.new_span_id(),
+        "capture": "none",
+        **fields,
+    }
+
+
+def _send(sock: Any, records: list[Any]) -> None:
+    payload = orjson.dumps({"records": records, "dropped": 0, "dropped_spans": 0})
+    sock.sendall(len(payload).to_bytes(4, "little") + payload)
+
+
+def _totals(sock: Any, done: Any) -> dict[str, Any]:
+    """The writer's totals, as it sends them to every worker, once `done(totals)` holds."""
+    buffer, deadline = b"", time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            buffer += sock.recv(65536)
+        lines = [line for line in buffer.split(b"\n") if line]
+        if lines and done(totals := orjson.loads(lines[-1])):
+            return totals  # type: ignore[no-any-return]
+    raise AssertionError(f"the writer's totals never settled: {buffer[-500:]!r}")
+
+
+def _stored(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    conn = sqlite3.connect(tmp_path / "traces.db")
+    conn.row_factory = sqlite3.Row
+    return {row["request_id"]: dict(row) for row in conn.execute("SELECT * FROM traces")}
+
+
+def test_odd_records_cost_only_themselves_in_the_store_and_the_export(tmp_path: Path) -> None:
+    """Before: `tool_calls: 1` in a metadata-captured body killed the store thread (every later record
+    lost), a span that could not be encoded killed the export thread, and neither was counted."""
+    odd = [
+        _sent("tool-calls-int", capture="metadata", request_body={"messages": [{"role": "assistant", "tool_calls": 1}]}),
+        _sent("tool-function-str", capture="metadata", request_body={"messages": [], "tools": [{"type": "function", "function": "x"}]}),
+        _sent("body-a-list", capture="metadata", request_body=[1, 2]),  # its content cannot be captured: kept without
+        _sent("text-a-number", capture="full", request_json=5),
+        _sent("bad-trace-id", trace_id="not hex"),  # stored; its span cannot be encoded
+        _sent("status-too-big", status=2**64 - 1),  # SQLite cannot bind it: not stored, counted
+        {"request_id": "no-fields"},
+        "not even an object",
+    ]
+    with Receiver() as receiver:
+        process = _writer(tmp_path, receiver.url)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(process.address)
+        sock.settimeout(0.2)
+        _send(sock, [_sent("first"), *odd, _sent("second")])
+        _send(sock, [_sent("third")])
+        totals = _totals(sock, lambda t: t["written"] + sum(t["dropped"].values()) == 11 and t["spans_exported"] == 8)
+        sock.close()
+        assert process.stop(30) == 0
+    assert totals["dropped"] == {"queue_full": 0, "store_error": 0, "invalid_record": 3}
+    assert totals["degraded"] == {"capture_failed": 2, "unencodable": 0}
+    assert totals["spans_dropped"] == {"queue_full": 0, "export_failed": 0, "invalid_record": 3}
+    assert receiver.count() == 8
+    rows = _stored(tmp_path)
+    assert set(rows) == {"first", "second", "third", "tool-calls-int", "tool-function-str", "body-a-list", "text-a-number", "bad-trace-id"}
+    assert orjson.loads(rows["tool-calls-int"]["request"]) == {
+        "model": None,
+        "stream": False,
+        "messages": [{"role": "assistant", "chars": 0}],
+    }
+    assert orjson.loads(rows["tool-function-str"]["request"])["tools"] == []
+    assert rows["body-a-list"]["request"] is None and rows["body-a-list"]["capture"] == "metadata"
+    assert rows["text-a-number"]["request"] is None
+
+
+def test_a_record_its_worker_cannot_encode_costs_only_its_bodies(tmp_path: Path) -> None:
+    """Before: the sink encoded a batch as one JSON document, so one body nested past orjson's 255
+    levels failed the batch and every tenant's records of that window were lost, uncounted."""
+    from gateway.pipeline.record import Record
+    from gateway.traces.sink import TraceSink
+
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+
+    def record(request_id: str, body: dict[str, Any] | None = None) -> Record:
+        r = Record(request_id, "chat", time.time(), time.perf_counter(), team="t", capture="metadata", request_body=body)
+        context.start(r, None)
+        return r
+
+    async def run() -> dict[str, Any]:
+        sink = TraceSink(process.address, queue_size=100, exporting=False)
+        await sink.open()
+        for r in (record("ok-1", {"model": "m"}), record("deep", {"model": "m", "metadata": deep}), record("ok-2", {"model": "m"})):
+            sink.put(r)
+        deadline = time.monotonic() + 20
+        while sink.totals.get("written", 0) < 3 and time.monotonic() < deadline:  # noqa: ASYNC110 (totals arrive on the socket)
+            await asyncio.sleep(0.05)
+        await sink.close()
+        return sink.totals
+
+    process = _writer(tmp_path)
+    totals = asyncio.run(run())
+    assert process.stop(30) == 0
+    assert totals["written"] == 3 and totals["degraded"]["unencodable"] == 1 and totals["dropped"]["invalid_record"] == 0
+    rows = _stored(tmp_path)
+    assert set(rows) == {"ok-1", "deep", "ok-2"}
+    assert rows["deep"]["request"] is None and orjson.loads(rows["ok-1"]["request"])["model"] == "m"

@@ -113,9 +113,16 @@ def _text(content: Any) -> str:
     return ""
 
 
+def _functions(items: Any) -> list[dict[str, Any]]:
+    """The `function` objects of tool calls or tools. Admission checked their shape; a record is
+    read here again in the trace writer, where nothing may fail on an odd one."""
+    if not isinstance(items, list):
+        return []
+    return [item["function"] for item in items if isinstance(item, dict) and isinstance(item.get("function"), dict)]
+
+
 def _tool_names(message: dict[str, Any]) -> list[str]:
-    calls = message.get("tool_calls") or []
-    return [c["function"].get("name", "") for c in calls if isinstance(c, dict) and isinstance(c.get("function"), dict)]
+    return [function.get("name", "") for function in _functions(message.get("tool_calls"))]
 
 
 def _message_shape(message: Any) -> dict[str, Any]:
@@ -136,7 +143,7 @@ def request_metadata(body: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str | list):
             meta[field] = {"items": len(value) if isinstance(value, list) else 1}
     if isinstance(body.get("tools"), list):
-        meta["tools"] = [t.get("function", {}).get("name") for t in body["tools"] if isinstance(t, dict)]
+        meta["tools"] = [function.get("name") for function in _functions(body["tools"])]
     return meta
 
 
@@ -176,7 +183,8 @@ def semconv_messages(messages: list[Any]) -> list[dict[str, Any]]:
         text = _text(message.get("content"))
         if text:
             parts.append({"type": "text", "content": text})
-        for call in message.get("tool_calls") or []:
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
             if isinstance(call, dict) and isinstance(call.get("function"), dict):
                 fn = call["function"]
                 parts.append({"type": "tool_call", "id": call.get("id"), "name": fn.get("name"), "arguments": fn.get("arguments")})

@@ -132,8 +132,14 @@ class Span:
 
 def export_request(resource: Mapping[str, Value], scope: str, version: str, spans: Sequence[Span]) -> bytes:
     """An ExportTraceServiceRequest with one resource and one instrumentation scope."""
+    return export_encoded(resource, scope, version, [span.encode() for span in spans])
+
+
+def export_encoded(resource: Mapping[str, Value], scope: str, version: str, spans: Sequence[bytes]) -> bytes:
+    """`export_request` of spans already encoded (the writer encodes each record's on its own, so
+    one that cannot be encoded costs only its own spans)."""
     scope_msg = _field(b"\x0a", _field(b"\x0a", scope.encode()) + _field(b"\x12", version.encode()))
-    scope_spans = scope_msg + b"".join(_field(b"\x12", span.encode()) for span in spans)
+    scope_spans = scope_msg + b"".join(_field(b"\x12", span) for span in spans)
     resource_spans = _field(b"\x0a", attributes(b"\x0a", resource)) + _field(b"\x12", scope_spans)
     return _field(b"\x0a", resource_spans)
 

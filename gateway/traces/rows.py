@@ -8,6 +8,14 @@ import orjson
 
 from gateway.traces import capture
 
+CONTENT = ("request_body", "request_json", "response_json", "response_text")
+
+
+def without_content(entry: dict[str, Any]) -> dict[str, Any]:
+    """The record without its bodies: what is kept of one whose content cannot be captured (its
+    `capture` mode stays, with nothing captured: the row says the capture failed)."""
+    return {key: value for key, value in entry.items() if key not in CONTENT}
+
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)

@@ -6,12 +6,15 @@ on the event loop sends what has accumulated every `flush_s` as one length-prefi
 grows; past `HIGH_WATER` the sink stops sending and the queue fills, and from then on the oldest
 records are dropped and counted, never a request delayed. Drops are reported to the writer in the
 next frame, so the writer's totals (sent back on the same socket) account for every record.
+A record orjson cannot encode (nested past its 255 levels, say) costs only itself: the batch is
+then encoded record by record, and that one sent without its bodies (or, failing that, counted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -68,6 +71,7 @@ class TraceSink:
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._last_warning = 0.0
+        self._last_odd = 0.0
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -116,10 +120,39 @@ class TraceSink:
         for record in batch:  # the body goes whole only where the writer needs it: "metadata", or "full" without its text
             if record.request_body is not None and (record.capture == "none" or record.request_json is not None):
                 record.request_body = capture.params(record.request_body)
-        message = {"records": list(batch), "dropped": self._dropped, "dropped_spans": self._dropped_spans}
-        payload = orjson.dumps(message, default=_default)
+        message: dict[str, Any] = {"records": list(batch), "dropped": self._dropped, "dropped_spans": self._dropped_spans}
+        try:
+            payload = orjson.dumps(message, default=_default)
+        except orjson.JSONEncodeError:  # some record cannot be encoded: it alone goes without its bodies
+            message.update(self._one_by_one(batch))
+            payload = orjson.dumps(message, default=_default)
         transport.write(len(payload).to_bytes(4, "little") + payload)
         self._dropped = self._dropped_spans = 0
+
+    def _one_by_one(self, batch: deque[Record]) -> dict[str, Any]:
+        """The batch's records encoded one at a time: one that fails is sent without its bodies
+        (`degraded`), or not at all (`unencodable`) when even that fails; the writer counts both."""
+        encoded: list[orjson.Fragment] = []
+        degraded = unencodable = 0
+        for record in batch:
+            try:
+                encoded.append(orjson.Fragment(orjson.dumps(record, default=_default)))
+                continue
+            except orjson.JSONEncodeError as exc:
+                self._warn_odd(record, exc)
+            try:
+                bare = dataclasses.replace(record, request_body=None, request_json=None, response_json=None, response_text=None)
+                encoded.append(orjson.Fragment(orjson.dumps(bare, default=_default)))
+                degraded += 1
+            except orjson.JSONEncodeError:
+                unencodable += 1
+        return {"records": encoded, "degraded": degraded, "unencodable": unencodable}
+
+    def _warn_odd(self, record: Record, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_odd > 10:
+            self._last_odd = now
+            log.error("trace record %s cannot be encoded (%s): sent without its bodies (counted in /metrics)", record.request_id, exc)
 
     def _retry(self) -> None:
         self._timer = None

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from gateway.traces import rows, spans, store
-from gateway.traces.otlp import Exporter, export_request
+from gateway.traces.otlp import Exporter, export_encoded
 
 if TYPE_CHECKING:  # the writer process never imports the config models (pydantic: ~15 MB)
     from gateway.config import Config
@@ -136,20 +136,52 @@ class BoundedQueue:
             return items
 
 
+# Why a record or span went unstored, and why a record was stored without its content: closed sets,
+# the `reason` labels of /metrics. `invalid_record`: a record no row (or span) could be made of even
+# without its content, or that its worker could not encode at all; `capture_failed`: its content
+# could not be captured (stored without it); `unencodable`: its worker could not encode it whole
+# and sent it without its bodies.
+DROP_REASONS = ("queue_full", "store_error", "invalid_record")
+SPAN_DROP_REASONS = ("queue_full", "export_failed", "invalid_record")
+DEGRADE_REASONS = ("capture_failed", "unencodable")
+# the errors of one row rather than of the store (a value SQLite cannot bind, a constraint)
+ROW_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
+
+
+def _zero(reasons: tuple[str, ...]) -> dict[str, int]:
+    return dict.fromkeys(reasons, 0)
+
+
 @dataclass
 class Totals:
     received: int = 0
     written: int = 0
-    dropped: dict[str, int] = field(default_factory=lambda: {"queue_full": 0, "store_error": 0})
+    dropped: dict[str, int] = field(default_factory=lambda: _zero(DROP_REASONS))
+    degraded: dict[str, int] = field(default_factory=lambda: _zero(DEGRADE_REASONS))
     spans_exported: int = 0
-    spans_dropped: dict[str, int] = field(default_factory=lambda: {"queue_full": 0, "export_failed": 0})
+    spans_dropped: dict[str, int] = field(default_factory=lambda: _zero(SPAN_DROP_REASONS))
 
     def message(self) -> bytes:
         return orjson.dumps(self.__dict__) + b"\n"
 
 
 def _span_count(entries: list[dict[str, Any]]) -> int:
-    return sum(spans.count(len(e.get("attempts") or ()), e.get("target")) for e in entries)
+    return sum(_spans_of(e) for e in entries)
+
+
+def _spans_of(entry: Any) -> int:
+    try:
+        return spans.count(len(entry.get("attempts") or ()), entry.get("target"))
+    except Exception:  # a record too odd to say: it would have made one span
+        return 1
 
 
 class Writer:
@@ -179,6 +211,11 @@ class Writer:
             self._last_error_log = now
             log.error("%s (further drops are counted in gateway_trace_records_dropped_total)", message)
 
+    def _odd(self, what: str, entry: Any, exc: BaseException) -> None:
+        """Say once in a while that a record was odd: its id and the error, never its content."""
+        request_id = entry.get("request_id") if isinstance(entry, dict) else None
+        self._warn(f"trace record {request_id!r}: {what} ({type(exc).__name__}: {exc})")
+
     # the store -----------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -191,22 +228,63 @@ class Writer:
             self._conn = conn
         return self._conn
 
+    def _row(self, entry: Any) -> tuple[Any, ...] | None:
+        """The record's row; without its content when that cannot be captured; None (counted) when
+        not even that can be made of it."""
+        limit = self.settings.max_captured_bytes
+        try:
+            return rows.row(entry, limit)
+        except Exception as exc:  # any odd value in any field: the row is kept without what failed
+            self._odd("content not captured", entry, exc)
+        try:
+            row = rows.row(rows.without_content(entry), limit)
+        except Exception as exc:
+            self._odd("not stored", entry, exc)
+            self.totals.dropped["invalid_record"] += 1
+            return None
+        self.totals.degraded["capture_failed"] += 1
+        return row
+
     def _write(self, batch: list[dict[str, Any]]) -> None:
+        built = [(e, row) for e in batch if (row := self._row(e)) is not None]
+        done: list[bool] = []  # per row of `built` handled so far: stored?
         try:
             conn = self._open()
-            store.insert(conn, [rows.row(e, self.settings.max_captured_bytes) for e in batch])
+            try:
+                store.insert(conn, [row for _, row in built])
+                done = [True] * len(built)
+            except ROW_ERRORS:  # one row the store refuses must not take the batch with it
+                self._insert_each(conn, built, done)
         except (sqlite3.Error, OSError, store.StoreError) as exc:
-            self._records_dropped(batch, "store_error")
+            self._records_dropped([e for e, _ in built[len(done) :]], "store_error")
             self._warn(f"trace store {self.settings.db_path} failed: {exc}")
             if self._conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.close()
                 self._conn = None
-            return
-        self.totals.written += len(batch)
-        self._since_prune += len(batch)
-        if self._since_prune >= max(1, min(1000, self.settings.max_rows // 10)) or time.monotonic() - self._pruned_at > 60:
-            self._prune(conn)
+        written = sum(done)
+        self.totals.written += written
+        self._since_prune += written
+        if self._conn is not None and (
+            self._since_prune >= max(1, min(1000, self.settings.max_rows // 10)) or time.monotonic() - self._pruned_at > 60
+        ):
+            self._prune(self._conn)
+
+    def _insert_each(self, conn: sqlite3.Connection, built: list[tuple[Any, tuple[Any, ...]]], done: list[bool]) -> None:
+        """Insert row by row; a row refused is tried again without its content, then dropped (counted)."""
+        for entry, row in built:
+            try:
+                store.insert(conn, [row])
+            except ROW_ERRORS as exc:
+                self._odd("refused by the store", entry, exc)
+                try:
+                    store.insert(conn, [rows.row(rows.without_content(entry), self.settings.max_captured_bytes)])
+                except ROW_ERRORS:
+                    self.totals.dropped["invalid_record"] += 1
+                    done.append(False)
+                    continue
+                self.totals.degraded["capture_failed"] += 1
+            done.append(True)
 
     def _prune(self, conn: sqlite3.Connection) -> None:
         self._since_prune, self._pruned_at = 0, time.monotonic()
@@ -218,7 +296,11 @@ class Writer:
             self._prune(self._open())  # migrate and apply retention on start
         while (batch := self.records.take(STORE_BATCH, 1.0)) is not None:
             if batch:
-                self._write(batch)
+                try:
+                    self._write(batch)
+                except Exception as exc:  # a bug here must cost this batch (counted), never the thread
+                    self._records_dropped(batch, "store_error")
+                    self._warn(f"trace store: a batch failed unexpectedly ({type(exc).__name__}: {exc})")
         if self._conn is not None:
             self._conn.close()
 
@@ -230,23 +312,44 @@ class Writer:
         while (batch := self.to_export.take(EXPORT_BATCH, 1.0)) is not None:
             if not batch:
                 continue
-            built = [span for e in batch for span in spans.build(e, s.providers, s.max_captured_bytes)]
-            body = export_request(resource, "llm-gateway", "0.1.0", built)
-            deadline = stop_by[0] if stop_by else time.monotonic() + 30
-            if exporter.export(body, deadline):
-                self.totals.spans_exported += len(built)
+            try:
+                encoded = [span for e in batch for span in self._spans(e)]
+                body = export_encoded(resource, "llm-gateway", "0.1.0", encoded)
+                deadline = stop_by[0] if stop_by else time.monotonic() + 30
+                exported = exporter.export(body, deadline)
+            except Exception as exc:  # a bug here must cost this batch (counted), never the thread
+                self._spans_dropped(batch, "export_failed")
+                self._warn(f"trace export: a batch failed unexpectedly ({type(exc).__name__}: {exc})")
+                continue
+            if exported:
+                self.totals.spans_exported += len(encoded)
             else:
-                self.totals.spans_dropped["export_failed"] += len(built)
+                self.totals.spans_dropped["export_failed"] += len(encoded)
             if stop_by and time.monotonic() > stop_by[0]:
                 self._spans_dropped(self.to_export.clear(), "export_failed")
         exporter.close()
+
+    def _spans(self, entry: Any) -> list[bytes]:
+        """The record's spans, encoded; without content when that fails; none (counted) when even that does."""
+        s = self.settings
+        for attempt in (entry, None):
+            try:
+                record = entry if attempt is not None else rows.without_content(entry)
+                return [span.encode() for span in spans.build(record, s.providers, s.max_captured_bytes)]
+            except Exception as exc:
+                self._odd("span not exported" if attempt is None else "span content not exported", entry, exc)
+        self.totals.spans_dropped["invalid_record"] += _spans_of(entry)
+        return []
 
     # intake --------------------------------------------------------------------------------
     def _frame(self, payload: bytes) -> None:
         message = orjson.loads(payload)
         entries: list[dict[str, Any]] = message["records"]
-        self.totals.dropped["queue_full"] += message.get("dropped", 0)
-        self.totals.spans_dropped["queue_full"] += message.get("dropped_spans", 0)
+        t = self.totals
+        t.dropped["queue_full"] += message.get("dropped", 0)
+        t.spans_dropped["queue_full"] += message.get("dropped_spans", 0)
+        t.dropped["invalid_record"] += message.get("unencodable", 0)  # the worker could not send these at all
+        t.degraded["unencodable"] += message.get("degraded", 0)
         self.totals.received += len(entries)
         self.records.put_many(entries)
         if self.exporting:
@@ -332,8 +435,8 @@ class Writer:
             del buffer[: HEADER + size]
             try:
                 self._frame(payload)
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                log.exception("trace writer: unreadable batch from a worker")
+            except Exception as exc:  # a frame it cannot read costs that frame, never the writer
+                self._warn(f"trace writer: unreadable batch from a worker ({type(exc).__name__}: {exc})")
         return bool(data)
 
 
