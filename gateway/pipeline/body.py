@@ -8,6 +8,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
+from gateway.pipeline import shape
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -71,7 +72,39 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"The request body is not valid JSON ({exc.msg} at position {exc.pos}).", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    if _may_be_deep(raw) and depth_over(body, MAX_DEPTH):
+        raise BadRequest(f"The request body is nested deeper than {MAX_DEPTH} levels.", code="invalid_json")
     return body
+
+
+# orjson reads 1024 levels but writes only 255 (the trace sink writes bodies, inside its frame), and
+# later readers of a body recurse: a body nested deeper than MAX_DEPTH is refused as it is parsed.
+MAX_DEPTH = 64
+_COUNTED = 1 << 16
+
+
+def _may_be_deep(raw: bytes) -> bool:
+    """False when the body has too few brackets to be nested MAX_DEPTH deep (most bodies: two byte
+    counts prove it at C speed). Past _COUNTED bytes counting costs more than the walk over a
+    text-heavy body's few containers, so a large body is walked instead."""
+    return len(raw) > _COUNTED or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+
+
+def depth_over(value: Any, limit: int) -> bool:
+    """Is `value` nested deeper than `limit` containers? Level by level, without recursion."""
+    level: list[Any] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for item in level:
+            for child in item.values() if type(item) is dict else item:
+                if type(child) is dict or type(child) is list:
+                    below.append(child)
+        level = below
+    return False
 
 
 REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
@@ -82,7 +115,8 @@ REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
 
 
 def validate(body: dict[str, Any], operation: str) -> str:
-    """Check the fields every provider needs; return the requested model name."""
+    """Check the fields every provider needs and the types of those the gateway reads (`shape.py`);
+    return the requested model name."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
@@ -90,7 +124,5 @@ def validate(body: dict[str, Any], operation: str) -> str:
     value = body.get(field)
     if not isinstance(value, kinds) or (isinstance(value, list) and not value):
         raise BadRequest(f"'{field}' is a required property and must not be empty.", param=field, code="invalid_value")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool) and stream is not None:
-        raise BadRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
+    shape.check(body, operation)
     return model
