@@ -1,10 +1,11 @@
 """Embeddings micro-batching: one team's concurrent requests for a model go upstream as one call.
 
 Who shares a call. Requests batch together only when they come from the same team, are served by
-the same model with everything but `input` identical (`dimensions`, `encoding_format`, `user`...)
-and have inputs of one kind (text or token ids). The team is the response cache's tenant scope
-(`t:<team>`; every key of a team shares it), so an upstream call never carries two teams' inputs; a
-model with `cache_scope = "shared"` shares answers across teams, never calls.
+the same model (through the same fallbacks) with everything but `input` identical (`dimensions`,
+`encoding_format`, `user`...) and have inputs of one kind (text or token ids). The team is the
+response cache's tenant scope (`t:<team>`; every key of a team shares it), so an upstream call
+never carries two teams' inputs; a model with `cache_scope = "shared"` shares answers across
+teams, never calls.
 
 When a batch goes. Formation follows concurrency, like the Redis cache's MGET drainer: a request
 whose group has no call in flight goes upstream at once, alone, exactly as written and from its own
@@ -118,9 +119,10 @@ class _Group:
     timer: asyncio.TimerHandle | None = None
 
 
-def _group_key(team: str, model: str, kind: str, body: dict[str, Any]) -> tuple[str, ...]:
+def _group_key(team: str, route: ModelRoute, kind: str, body: dict[str, Any]) -> tuple[str, ...]:
     rest = {k: v for k, v in body.items() if k != "input"}
-    return (team, model, kind, orjson.dumps(rest, option=orjson.OPT_SORT_KEYS).decode())
+    # the fallbacks too: a batch goes through its first member's route, which must be every member's
+    return (team, route.name, kind, orjson.dumps(rest, option=orjson.OPT_SORT_KEYS).decode(), *route.fallbacks)
 
 
 class Batcher:
@@ -144,7 +146,7 @@ class Batcher:
         if len(inputs) >= settings.max_inputs or weight >= settings.max_tokens:
             self._observe(1, len(inputs))
             return (await self._complete(body, route, record))[1]
-        key = _group_key(record.team or "", route.name, kind, body)
+        key = _group_key(record.team or "", route, kind, body)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(key, route, settings, kind == "text")

@@ -287,6 +287,16 @@ async def test_a_total_that_differs_from_the_counts_is_apportioned(gw: GatewayPr
     assert sum(r.usage.prompt_tokens for r in replies) == sum(len(t.split()) for inputs in calls(fake) for t in inputs)
 
 
+async def test_token_id_inputs_are_charged_their_count(gw: GatewayProcess, fake: FakeOpenAI) -> None:
+    ids = [[7] * (i + 1) for i in range(6)]
+    async with async_client(gw) as c:
+        replies = await asyncio.gather(*(c.embeddings.create(model="emb-window", input=[t]) for t in ids))
+    assert len(calls(fake)) < len(ids)
+    for t, reply in zip(ids, replies, strict=True):
+        assert reply.usage.prompt_tokens == len(t)
+        assert reply.data[0].embedding == pytest.approx(expected_embedding(t))
+
+
 async def test_batch_sizes_are_a_metric(gw: GatewayProcess, fake: FakeOpenAI) -> None:
     async with async_client(gw) as c:
         await asyncio.gather(*(c.embeddings.create(model="emb", input=unique("m")) for _ in range(8)))
