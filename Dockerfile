@@ -2,6 +2,7 @@
 #   docker build -t llm-gateway .
 #   docker run -p 8080:8080 -v $PWD/config.toml:/etc/gateway/config.toml:ro \
 #     -v $PWD/policies:/etc/gateway/policies:ro -e OPENAI_API_KEY llm-gateway
+# The policies mount is required: without a key the container exits 1 (see below).
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
@@ -16,7 +17,10 @@ RUN pip install . \
  && chown gateway /etc/gateway/.gateway
 
 # The example config serves the offline mock model. Mount your own config and policies over
-# /etc/gateway; with no policy files the gateway runs in open mode (logged loudly at startup).
+# /etc/gateway. The image ships NO key (the README's demo key is not copied) and never opens
+# silently: started without a policy mount holding at least one key, `gateway serve` exits 1 with a
+# message naming /etc/gateway/policies. Create a key with `gateway keys new`; open mode (no keys
+# needed) only if your mounted config says `[policies] open = true` (logged as a WARNING at start).
 COPY config.example.toml /etc/gateway/config.toml
 # Its trace store and prompt state live in /etc/gateway/.gateway (relative to the config file):
 # mount a volume there to keep them across containers.
