@@ -230,6 +230,7 @@ class Batcher:
             return True
         except GatewayError as exc:
             for caller in callers:
+                _took_part(caller.record, shared)
                 _fail(caller, _in_own_words(exc))
             return False
         except Exception as exc:  # a bug reaches every caller rather than leaving them waiting
@@ -294,12 +295,17 @@ def _share(caller: _Caller, items: list[dict[str, Any]], tokens: int, reply: Rep
     usage = Usage(prompt_tokens=tokens, estimated=estimated)
     record = caller.record
     settle(record, deployment, usage)
-    record.target, record.upstream_s, record.attempts = shared.target, shared.upstream_s, shared.attempts
+    _took_part(record, shared)
     usage_json: dict[str, Any] = {"prompt_tokens": tokens, "total_tokens": tokens}
     if record.priced:
         usage_json["cost_usd"] = record.cost_usd
     data = {"object": "list", "data": items, "model": reply.data.get("model", deployment.model), "usage": usage_json}
     return orjson.dumps(data), Reply(data, None, usage)
+
+
+def _took_part(record: Record, shared: Record) -> None:
+    """A member's trace shows the batched call it took part in: its target, time and attempts."""
+    record.target, record.upstream_s, record.attempts = shared.target, shared.upstream_s, shared.attempts
 
 
 def _resolve(caller: _Caller, answer: Answer) -> None:

@@ -235,16 +235,18 @@ async def test_an_invalid_input_fails_only_its_own_request(gw: GatewayProcess, f
 
 
 async def test_a_failed_call_is_told_to_each_member_in_the_gateways_words(gw: GatewayProcess, fake: FakeOpenAI) -> None:
-    texts = [unique(f"alpha {i}") for i in range(4)]
+    texts = [unique(f"gamma {i}") for i in range(4)]
     quoted = {"error": {"message": f"upstream exploded on {texts!r}", "type": "server_error"}}
     fake.script(Behavior(status=500, body=json.dumps(quoted).encode()))
     async with httpx.AsyncClient(timeout=30) as h:
-        answers = await asyncio.gather(*(post(h, gw, KEYS["alpha"], "emb-window", t) for t in texts))
+        answers = await asyncio.gather(*(post(h, gw, KEYS["admin"], "emb-window", t) for t in texts))
     assert len(calls(fake)) == 1
     for answer in answers:
         assert answer.status_code == 502
         assert answer.json()["error"]["code"] == "upstream_server_error"
         assert not any(t in answer.text for t in texts), answer.text
+        record = trace(gw, answer.headers["x-request-id"])  # the trace names the call it took part in
+        assert record["status"] == 502 and record["target"] == f"fake/{UPSTREAM_MODEL}", record
 
 
 # attribution -------------------------------------------------------------------------------------
