@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
+import string
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 EXPECTED = {  # the SHA-256 values tiktoken itself verifies (tiktoken_ext/openai_public.py)
@@ -26,3 +29,44 @@ def test_counts_offline_from_an_empty_cache(tmp_path: Path) -> None:
     assert result.stdout.split() == ["2", "2", "9"]
     digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
     assert set(EXPECTED.values()) <= digests
+
+
+def test_long_texts_count_in_chunks_exactly_where_cut_at_a_space() -> None:
+    """Chunks end where a space follows a non-space, where tiktoken starts a new piece anyway: the
+    sum is the whole text's count. Texts with no such place are cut hard (within a token or so)."""
+    from gateway import tokens
+
+    rnd = random.Random(5)
+    words = ["".join(rnd.choice(string.ascii_lowercase) for _ in range(rnd.randint(1, 9))) for _ in range(2000)]
+    seps = [" ", "  ", ", ", ".\n", "\n\n", " - ", "'s "]
+    text = "".join(rnd.choice(words) + rnd.choice(seps) for _ in range(60_000))
+    assert len(text) > 10 * tokens.CHUNK_CHARS
+    enc = tokens.encoding("gpt-4o")
+    assert tokens.count_text(text, "gpt-4o") == len(enc.encode(text, disallowed_special=()))
+    assert tokens.count_text(text, "gpt-4") == len(tokens.encoding("gpt-4").encode(text, disallowed_special=()))
+    cjk = "".join(chr(rnd.randint(0x4E00, 0x9FFF)) for _ in range(100_000))  # no space anywhere: cut hard
+    whole = len(enc.encode(cjk, disallowed_special=()))
+    assert abs(tokens.count_text(cjk, "gpt-4o") - whole) <= 2 * len(cjk) // tokens.CHUNK_CHARS
+
+
+def test_whitespace_runs_tiktoken_cannot_encode_count_at_most_their_bytes() -> None:
+    from gateway import tokens
+
+    text = "x" + " " * 2_000_000 + "y" + "\n" * 300_000
+    assert 0 < tokens.count_text(text, "gpt-4o") <= len(text.encode())
+
+
+def test_what_may_be_counted_on_the_event_loop_is_told_in_bounded_time() -> None:
+    from gateway import tokens
+
+    small = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    assert tokens.fits_on_loop(small) and tokens.fits_on_loop("hello") and tokens.fits_on_loop([[1, 2, 3]])
+    assert not tokens.fits_on_loop([{"role": "user", "content": "x" * (tokens.ON_LOOP_CHARS + 1)}])
+    assert not tokens.fits_on_loop([{"role": "user", "content": [{"type": "text", "text": "x" * 100}] * 50}])
+
+    class Untouchable(list[object]):  # a walk over its million items would raise
+        def __iter__(self) -> Iterator[object]:
+            raise AssertionError("walked over")
+
+    assert not tokens.fits_on_loop(Untouchable([{"role": "user", "content": ""}] * 1_000_000))
+    assert not tokens.fits_on_loop([{"role": "user", "content": Untouchable(["a"] * 1_000_000)}])

@@ -27,7 +27,7 @@ from gateway.limits.rules import MINUTE_MS, Check, Settlement, Verdict, nano_usd
 from gateway.limits.store import LimitStore, LimitsUnavailable
 from gateway.metrics import Metrics
 from gateway.pipeline.record import Record
-from gateway.pipeline.usage import load_encoding, prompt_tokens
+from gateway.pipeline.usage import count_prompt
 from gateway.providers.base import Operation
 from gateway.providers.shapes import choices, token_caps
 
@@ -145,10 +145,9 @@ class Limiter:
         self._metrics.limits_unchecked.labels("admitted").inc()
 
     async def count(self, op: Operation, body: dict[str, Any], route: ModelRoute) -> int:
-        """The request's prompt tokens, counted with tiktoken for the route's first deployment."""
-        model = route.deployments[0].model
-        await load_encoding(model)
-        return prompt_tokens(op, body, model)
+        """The request's prompt tokens, counted with tiktoken for the route's first deployment (a large
+        prompt in a worker thread: see `pipeline/usage.py`)."""
+        return await count_prompt(op, body, route.deployments[0].model)
 
     def _worst_cost(self, route: ModelRoute, catalog: Catalog, prompt: int, output: int | None, answers: int) -> float:
         """The most the request may cost in USD: the prompt once, `answers` times the output cap (per

@@ -1,4 +1,10 @@
-"""Usage when the provider reported none: counted with tiktoken and marked as estimated."""
+"""Counting a request's tokens with tiktoken: its prompt for limits and guardrails, and usage when
+the provider reported none (marked as estimated).
+
+Nothing here grows with the input on the event loop: a prompt or completion small enough for
+`tokens.fits_on_loop` (told by a look at a bounded number of items) is counted inline, well under a
+millisecond; anything larger goes to a worker thread, where tiktoken works without the GIL.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +24,34 @@ async def load_encoding(model: str) -> None:
         _loaded.add(model)
 
 
+def prompt_of(op: Operation, body: dict[str, Any]) -> Any:
+    """What the prompt tokens of a request are counted over: its messages, prompt or input."""
+    return body.get("messages" if op is Operation.CHAT else "prompt" if op is Operation.COMPLETION else "input")
+
+
 def prompt_tokens(op: Operation, body: dict[str, Any], model: str) -> int:
+    prompt = prompt_of(op, body)
     if op is Operation.CHAT:
-        messages = body.get("messages")
-        return tokens.count_messages(messages if isinstance(messages, list) else [], model)
-    return tokens.count_prompt(body.get("prompt" if op is Operation.COMPLETION else "input"), model)
+        return tokens.count_messages(prompt if isinstance(prompt, list) else [], model)
+    return tokens.count_prompt(prompt, model)
+
+
+async def count_prompt(op: Operation, body: dict[str, Any], model: str) -> int:
+    """The request's prompt tokens: inline when small, else in a worker thread (the body is this
+    request's own and nothing else touches it meanwhile)."""
+    await load_encoding(model)
+    if tokens.fits_on_loop(prompt_of(op, body)):
+        return prompt_tokens(op, body, model)
+    return await asyncio.to_thread(prompt_tokens, op, body, model)
+
+
+async def count_text(text: str, model: str) -> int:
+    await load_encoding(model)
+    if len(text) <= tokens.ON_LOOP_CHARS:
+        return tokens.count_text(text, model)
+    return await asyncio.to_thread(tokens.count_text, text, model)
 
 
 async def estimate(op: Operation, body: dict[str, Any], completion: str, model: str) -> Usage:
-    await load_encoding(model)
-    output = tokens.count_text(completion, model) if completion else 0
-    return Usage(prompt_tokens(op, body, model), output, estimated=True)
+    output = await count_text(completion, model) if completion else 0
+    return Usage(await count_prompt(op, body, model), output, estimated=True)
