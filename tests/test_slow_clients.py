@@ -95,3 +95,16 @@ def test_a_stream_client_that_stops_reading_is_cut_off_and_its_upstream_closed(g
     assert row["output_tokens"] > 0  # charged what was relayed (issue #13 item 2)
     assert in_flight(gw) == 0
     sock.close()
+
+
+def test_a_client_that_leaves_mid_body_is_traced_as_gone(gw: GatewayProcess) -> None:
+    """Not a 200 and not an internal error: 499 client_disconnected, its slot freed."""
+    rid = uuid.uuid4().hex
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=15)
+    sock.sendall(request_head(rid, 100) + b'{"model": "gpt-4o-mini", ')
+    wait_for(lambda: in_flight(gw) == 1, what="the request to hold a slot")
+    sock.close()
+    row = trace(gw, rid)
+    assert (row["status"], row["error_type"]) == (499, "client_disconnected")
+    assert in_flight(gw) == 0
+    assert "unhandled error" not in gw.log()

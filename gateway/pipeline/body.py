@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
 from gateway.pipeline import shape
@@ -30,6 +30,14 @@ class RequestTimeout(GatewayError):
         return {"connection": "close"}
 
 
+class ClientGone(GatewayError):
+    """The client left mid-body: traced as 499 like any request whose client left (the answer reaches nobody)."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_disconnected"
+
+
 async def read_body(request: Request, limit: int, declared: str | None = None) -> bytes:
     """The whole body, read straight from ASGI `receive` (one message for most requests; Starlette's
     `Request.stream` adds an async generator and its bookkeeping to each). `declared`: the
@@ -44,7 +52,7 @@ async def read_body(request: Request, limit: int, declared: str | None = None) -
     while True:
         message = await receive()
         if message["type"] != "http.request":  # http.disconnect: the client is gone
-            raise ClientDisconnect()
+            raise ClientGone("The client closed the connection before its request body was complete.")
         chunk: bytes = message.get("body", b"")
         if not chunk and message.get("more_body") and BODY_TIMED_OUT in request.scope:  # the server woke us: too slow
             timeout = request.scope[BODY_TIMED_OUT]

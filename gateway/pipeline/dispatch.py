@@ -155,8 +155,9 @@ class Stream:
                     raise UpstreamTimeout("the stream ran past its model's deadline", code="deadline_exceeded")
             if not (self.state.done or self.state.finish_reason):
                 raise UpstreamError("the provider ended the stream before it was complete", code="stream_incomplete")
+            tail = await closing(self.state)  # settles the usage: until it has, an interruption still charges
             finished = True
-            yield (await closing(self.state)) + DONE
+            yield tail + DONE
         except GatewayError as exc:
             record.status, record.error_type = exc.status, exc.error_type
             yield frame(exc.json(), "error")
