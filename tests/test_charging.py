@@ -262,3 +262,16 @@ def test_a_coalesced_call_everyone_left_is_charged_to_its_leader(gateway_factory
     lead, follow = trace(gw, leader_rid), trace(gw, follower_rid)
     assert_charged(lead, 499, "client_disconnected", 25, 120)
     assert not follow["cost_usd"] and follow["status"] == 499  # a follower pays nothing
+
+
+def test_a_shared_call_that_was_never_answered_charges_its_leader_the_prompt(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:
+    gw = gateway_factory(config(fake.base_url), {"p.toml": POLICY})
+    fake.script(Behavior(delay_s=4))
+    rid = uuid.uuid4().hex
+    body = {"model": "shared", "messages": MESSAGES}
+    headers = {"authorization": f"Bearer {KEY['free']}", "x-request-id": rid}
+    answer = httpx.post(gw.base_url + "/chat/completions", json=body, headers=headers, timeout=30)
+    assert answer.status_code == 504
+    row = trace(gw, rid)
+    assert (row["status"], row["cache"]) == (504, "miss")
+    assert (row["input_tokens"], row["output_tokens"], row["cost_usd"]) == (PROMPT, 0, pytest.approx(PROMPT))

@@ -49,6 +49,7 @@ from gateway.cache.store import CacheUnavailable, Store
 from gateway.catalog import ModelRoute
 from gateway.config import Config
 from gateway.config.policies import Principal
+from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.pipeline import dispatch
 from gateway.pipeline.record import Record
@@ -190,6 +191,9 @@ class Reuse:
             return await self._subscribe(flight, record, headers, finish)
         try:
             answer = await flight.outcome()
+        except GatewayError:  # what the failed call consumed (a prompt sent and never answered) is the leader's
+            adopt(record, flight.record, record.cache != "coalesced")
+            raise
         finally:
             flight.leave()
         adopt(record, flight.record, record.cache != "coalesced")
