@@ -109,7 +109,7 @@ def test_moving_the_policy_files_away_keeps_the_last_good_keys(gateway_factory: 
     gw = gateway_factory(config_for(fake.base_url))
     policy = gw.directory / "policies" / "default.toml"
     policy.rename(gw.directory / "default.toml.bak")
-    error = wait_for(lambda: rejected(gw), timeout=2.5, what="the reload to be rejected")
+    error = wait_for(lambda: rejected(gw), timeout=6, what="the reload to be rejected")
     assert "no API key" in error and str(gw.directory / "policies") in error
     assert_closed(gw)
     status = admin(gw, KEYS["admin"], "/admin/reload", "POST").json()  # forced: rejected the same way
@@ -118,9 +118,9 @@ def test_moving_the_policy_files_away_keeps_the_last_good_keys(gateway_factory: 
     assert "policies reloaded" not in gw.log()
 
     (gw.directory / "default.toml.bak").rename(policy)  # back: the next reload is clean again
-    wait_for(lambda: not rejected(gw), timeout=2.5, what="the error to clear")
+    wait_for(lambda: not rejected(gw), timeout=6, what="the error to clear")
     policy.write_text("[teams.broken\n")  # every file broken
-    assert "invalid TOML" in wait_for(lambda: rejected(gw), timeout=2.5, what="the broken edit to be rejected")
+    assert "invalid TOML" in wait_for(lambda: rejected(gw), timeout=6, what="the broken edit to be rejected")
     assert_closed(gw)
 
 
@@ -128,7 +128,7 @@ def test_a_config_edit_to_a_wrong_policy_dir_is_rejected(gateway_factory: Gatewa
     gw = gateway_factory(config_for(fake.base_url))
     config = gw.directory / "config.toml"
     config.write_text(config.read_text().replace('dir = "policies"', 'dir = "polices"'))
-    error = wait_for(lambda: rejected(gw), timeout=2.5, what="the config edit to be rejected")
+    error = wait_for(lambda: rejected(gw), timeout=6, what="the config edit to be rejected")
     assert str(gw.directory / "polices") in error and "no API key" in error
     assert_closed(gw)
 
@@ -161,8 +161,18 @@ def test_open_mode_keeps_the_keys_of_policy_files(gateway_factory: GatewayFactor
     assert row[0]["key_name"] == "open" and row[0]["model"] == "gpt-4o-mini"
 
     (gw.directory / "policies" / "default.toml").unlink()  # open mode may lose its files: nobody is an admin then
-    wait_for(lambda: chat(gw, KEYS["beta"], model="gpt-4o-mini").status_code == 200, timeout=2.5, what="the keys to go")
+    wait_for(lambda: chat(gw, KEYS["beta"], model="gpt-4o-mini").status_code == 200, timeout=6, what="the keys to go")
     assert admin(gw, KEYS["admin"], "/admin/policies").status_code == 401
+
+
+def test_open_mode_reserves_the_team_name_open(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(config_for("http://127.0.0.1:9/v1").replace('[policies]\ndir = "policies"', OPEN))
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.toml").write_text(
+        DEFAULT_POLICY.replace("[teams.beta]", "[teams.open]").replace('team = "beta"', 'team = "open"')
+    )
+    checked = serve(tmp_path / "config.toml", tmp_path, "check")
+    assert checked.returncode == 1 and "policies.open: a team named 'open' is reserved" in checked.stdout, checked.stdout
 
 
 # team admins -----------------------------------------------------------------------------------

@@ -84,6 +84,9 @@ class PolicySet:
     open: Principal | None  # [policies] open = true: who a request without a listed key is (never an admin)
 
 
+OPEN = "open"  # open mode's principal: its key name and team, in traces and metrics
+
+
 def policy_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.toml")) if directory.is_dir() else []
 
@@ -114,9 +117,11 @@ def load_policies(config: Config) -> PolicySet:
     is_open = config.file.policies.open
     if not keys and not is_open and not problems:
         problems.append(no_keys(config, directory, files))
+    if is_open and any(p.team == OPEN for p in keys.values()):  # its admin would see every keyless request
+        problems.append(Problem(config.source, "policies.open", f"a team named {OPEN!r} is reserved for open mode's requests: rename it"))
     if problems:
         raise ConfigError(problems)
-    everyone = Principal("open", "open", False, frozenset(models), Limits(), None, None) if is_open else None
+    everyone = Principal(OPEN, OPEN, False, frozenset(models), Limits(), None, None) if is_open else None
     return PolicySet(keys=keys, version=digest.hexdigest()[:16], files=tuple(p.name for p in files), open=everyone)
 
 
