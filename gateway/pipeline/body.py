@@ -80,38 +80,51 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"The request body is not valid JSON ({exc.msg} at position {exc.pos}).", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
-    if _may_be_deep(raw) and depth_over(body, MAX_DEPTH):
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and too_deep(body):  # too few brackets (most bodies): not deep
         raise BadRequest(f"The request body is nested deeper than {MAX_DEPTH} levels.", code="invalid_json")
     return body
 
 
-# orjson reads 1024 levels but writes only 255 (the trace sink writes bodies, inside its frame), and
-# later readers of a body recurse: a body nested deeper than MAX_DEPTH is refused as it is parsed.
+# orjson reads 1024 levels but writes only 254 (the trace sink writes bodies, inside its frame), and
+# later readers of a body may recurse: a body nested deeper than MAX_DEPTH is refused as it is parsed.
 MAX_DEPTH = 64
-_COUNTED = 1 << 16
 
 
-def _may_be_deep(raw: bytes) -> bool:
-    """False when the body has too few brackets to be nested MAX_DEPTH deep (most bodies: two byte
-    counts prove it at C speed). Past _COUNTED bytes counting costs more than the walk over a
-    text-heavy body's few containers, so a large body is walked instead."""
-    return len(raw) > _COUNTED or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+def _orjson_depth() -> int:
+    """How many levels orjson writes (254 in orjson 3): measured once, not assumed."""
+    value: Any = None
+    for depth in range(1, 10_000):
+        value = [value]
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            return depth - 1
+    return 10_000
 
 
-def depth_over(value: Any, limit: int) -> bool:
-    """Is `value` nested deeper than `limit` containers? Level by level, without recursion."""
-    level: list[Any] = [value]
-    depth = 0
-    while level:
-        depth += 1
-        if depth > limit:
-            return True
-        below: list[Any] = []
-        for item in level:
-            for child in item.values() if type(item) is dict else item:
-                if type(child) is dict or type(child) is list:
-                    below.append(child)
-        level = below
+class _Slot:
+    """Where `too_deep` puts the body: orjson cannot encode it, so it asks `default`."""
+
+
+def _probe() -> Any:
+    value: Any = _Slot()
+    for _ in range(_orjson_depth() - MAX_DEPTH):
+        value = [value]
+    return value
+
+
+_PROBE = _probe()
+
+
+def too_deep(body: dict[str, Any]) -> bool:
+    """Is `body` (as orjson read it) nested deeper than MAX_DEPTH? orjson writes it under as many
+    levels as leave it exactly MAX_DEPTH before its own limit: at C speed, ~1 ns a byte, where a
+    walk in Python costs ~30 ns a value (a 1.9 KB body with eight tool schemas: 1.5 us against 8).
+    A body orjson read can fail to be written only by its depth."""
+    try:
+        orjson.dumps(_PROBE, default=lambda _: body)
+    except orjson.JSONEncodeError:
+        return True
     return False
 
 

@@ -21,6 +21,7 @@ from gateway.errors import BadRequest
 
 Check = Callable[[Any], object]
 
+_NO_PARAMETERS: dict[str, Any] = {}  # never changed: only its type is read
 ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))
 
 
@@ -89,6 +90,10 @@ def _each(items: Any, check: Check) -> None:
 
 
 def _call(value: Any) -> None:
+    if type(value) is dict and type(value.get("id")) is str and type(value.get("type")) is str:
+        function = value.get("function")
+        if type(function) is dict and type(function.get("name")) is str and type(function.get("arguments")) is str:
+            return  # the usual call, checked in one expression; the steps below name what is wrong
     call = _object(value)
     _at(call, "id", _string)
     _at(call, "type", _string)
@@ -145,6 +150,15 @@ def _function(value: Any) -> None:
 
 
 def _tool(value: Any) -> None:
+    if type(value) is dict and value.get("type") == "function":
+        function = value.get("function")
+        if (
+            type(function) is dict
+            and type(function.get("name")) is str
+            and type(function.get("description", "")) is str
+            and type(function.get("parameters", _NO_PARAMETERS)) is dict
+        ):
+            return  # the usual function tool, checked in one expression; the steps below name what is wrong
     tool = _object(value)
     kind = tool.get("type")
     _at(tool, "type", _string)
