@@ -11,10 +11,14 @@
     ├── UpstreamError                  502     upstream_error        (failed, refused, garbage)
     │   └── UpstreamStatusError        4xx     invalid_request_error (the provider's own message)
     ├── Unavailable                    503     service_unavailable   (carries Retry-After)
+    │   └── StoreUnavailable           503     service_unavailable   (a state backend: refused, down, breaker open)
+    │       └── StoreTimeout           503     service_unavailable   (its call outlasted the per-call timeout)
     └── UpstreamTimeout                504     timeout_error
 
-Library errors (aiohttp, orjson) are translated into this tree once, where they are raised
-(`upstream.py`, `pipeline/body.py`); everything above that edge sees only these classes. Each error
+Library errors (aiohttp, orjson, redis) are translated into this tree once, where they are raised
+(`upstream.py`, `pipeline/body.py`, `stores/redis.py`); everything above that edge sees only these
+classes. A store error reaches a client only where the store is the request's whole point (a prompt
+push answers 503); the cache and limits stages turn it into their outage behaviour instead. Each error
 renders its own OpenAI-shaped body; the message is written for the client and never holds a key,
 a credential-bearing URL or a stack trace.
 """
@@ -126,3 +130,16 @@ class UpstreamTimeout(GatewayError):
     status = 504
     type = "timeout_error"
     retryable = True
+
+
+class StoreUnavailable(Unavailable):
+    """A state backend (cache, limits, prompt store) failed, or is skipped while its breaker is open."""
+
+    code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class StoreTimeout(StoreUnavailable):
+    code = "store_timeout"

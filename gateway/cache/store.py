@@ -10,26 +10,29 @@ Chosen by the `[state] cache` URL scheme:
   shared by every replica. Lookups that arrive while one is in flight wait and go together as one
   `MGET` (at most `MAX_BATCH` keys): a redis-py command costs tens of microseconds of the worker's
   CPU, so under load a hit pays a share of one instead of one. Each call has a short timeout
-  (100 ms), and a `Breaker` stops calling a failing Redis for a while, so an outage costs a request
-  nothing but a flag check.
+  (100 ms), and a breaker stops calling a failing Redis for a while, so an outage costs a request
+  nothing but a flag check. Client, prefix, timeout, breaker and batching are the shared Redis
+  layer's (`gateway/stores/redis.py`).
 - `off`: nothing is ever stored.
 
-A backend failure is raised as `CacheUnavailable`, the only error this module lets out; the caller
-bypasses the cache for that request.
+The scheme table is `gateway.stores.BACKENDS["cache"]`. A backend failure is raised as
+`CacheUnavailable` (the error tree's `StoreUnavailable`), the only error this module lets out; the
+caller bypasses the cache for that request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from gateway.breaker import Breaker
-from gateway.redisurl import split_prefix
+from gateway.errors import StoreUnavailable
+from gateway.stores import Options, open_backend
+from gateway.stores.redis import Batcher, Connection, split_prefix
 
 log = logging.getLogger("gateway.cache")
 
@@ -37,8 +40,7 @@ MiB = 1024 * 1024
 MAX_BATCH = 256  # keys per MGET
 
 
-class CacheUnavailable(Exception):
-    """The cache backend failed or is being skipped (breaker open)."""
+CacheUnavailable = StoreUnavailable  # the name the cache's callers catch: every backend failure
 
 
 class Store(Protocol):
@@ -101,81 +103,39 @@ class MemoryStore:
 
 class RedisStore:
     def __init__(self, url: str, prefix: str = "gwc:", timeout_s: float = 0.1, breaker: Breaker | None = None) -> None:
-        import redis.asyncio as redis
-
-        self._redis = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0)
+        self.connection = Connection(url, prefix, timeout_s, breaker or Breaker("cache backend"))
+        self.breaker = self.connection.breaker
         self._prefix = prefix
-        self._timeout_s = timeout_s
-        self.breaker = breaker or Breaker("cache backend")
-        self._gets: list[tuple[str, asyncio.Future[Any]]] = []
-        self._getter: asyncio.Task[None] | None = None
+        self._gets: Batcher[str, bytes | str | None] = Batcher(self.connection, self.connection.redis.mget, MAX_BATCH)
 
     async def get(self, key: str) -> bytes | None:
-        if not self.breaker.allow():
-            raise CacheUnavailable("breaker open")
-        loop = asyncio.get_running_loop()
-        answer = loop.create_future()
-        self._gets.append((self._prefix + key, answer))
-        if self._getter is None or self._getter.done():
-            self._getter = loop.create_task(self._get_all())
-        value = await answer
+        value = await self._gets.submit(self._prefix + key)
         return value if isinstance(value, bytes) else None
 
-    async def _get_all(self) -> None:
-        """Send the waiting lookups, `MAX_BATCH` keys an MGET, one MGET at a time, until none wait."""
-        while self._gets:
-            batch, self._gets = self._gets[:MAX_BATCH], self._gets[MAX_BATCH:]
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    values = await self._redis.mget([key for key, _ in batch])
-            except Exception as exc:  # redis, OS and timeout errors alike: translated here, once
-                self.breaker.failure(exc)
-                for _, answer in batch:
-                    if not answer.done():
-                        answer.set_exception(CacheUnavailable(type(exc).__name__))
-                continue
-            self.breaker.success()
-            for (_, answer), value in zip(batch, values, strict=True):
-                if not answer.done():  # a request that gave up (its client left) no longer waits
-                    answer.set_result(value)
-
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        if not self.breaker.allow():
-            raise CacheUnavailable("breaker open")
-        try:
-            await self._redis.set(self._prefix + key, value, ex=ttl_s)
-        except Exception as exc:
-            self.breaker.failure(exc)
-            raise CacheUnavailable(type(exc).__name__) from exc
-        self.breaker.success()
+        await self.connection.call(lambda redis: redis.set(self._prefix + key, value, ex=ttl_s))
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self.connection.close()
 
 
-def _memory(url: str) -> Store:
+def open_memory(url: str, options: Options) -> Store:
     query = parse_qs(urlsplit(url).query)
     entries = int(query.get("max_entries", ["10000"])[0])
     size = int(query.get("max_bytes", [str(64 * MiB)])[0])
     return MemoryStore(entries, size)
 
 
-def _redis(url: str) -> Store:
+def open_redis(url: str, options: Options) -> Store:
     rest, prefix = split_prefix(url)
-    return RedisStore(rest, prefix or "gwc:")
+    return RedisStore(rest, prefix or "gwc:", options.timeout_s, Breaker("cache backend", on_change=options.on_change))
 
 
-BACKENDS: dict[str, Callable[[str], Store]] = {
-    "memory": _memory,
-    "redis": _redis,
-    "rediss": _redis,
-    "off": lambda url: DisabledStore(),
-}
+def open_disabled(url: str, options: Options) -> Store:
+    return DisabledStore()
 
 
-def open_store(url: str) -> Store:
-    scheme = url.partition(":")[0] if "://" in url else url.partition("?")[0]
-    factory = BACKENDS.get(scheme)
-    if factory is None:
-        raise ValueError(f"unknown cache backend {url!r}: use memory, off, or a redis:// URL")
-    return factory(url)
+def open_store(url: str, options: Options | None = None) -> Store:
+    """The backend `gateway.stores.BACKENDS["cache"]` names for this URL's scheme."""
+    store: Store = open_backend("cache", url, options or Options())
+    return store

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from gateway import stores
 
 MiB = 1024 * 1024
 
@@ -33,15 +35,22 @@ class ServerSection(Strict):
 
 
 class StateSection(Strict):
-    cache: str = Field("memory", pattern=r"^(memory|off)(\?.*)?$|^memory://|^rediss?://")  # see gateway/cache/store.py
-    limits: str = Field("memory", pattern=r"^memory$|^rediss?://")  # see gateway/limits/store.py
+    # each store's URL scheme picks its backend from gateway/stores/__init__.py's table
+    cache: str = "memory"  # see gateway/cache/store.py
+    limits: str = "memory"  # see gateway/limits/store.py
     limits_timeout_ms: int = Field(100, ge=1)  # per Redis call, behind a circuit breaker
+    prompts: str | None = None  # pushed versions and label moves; unset: follows `limits` (see gateway/prompts/store.py)
     rate_limits_on_outage: Literal["open", "closed"] = "open"  # limits backend down: admit unchecked, or 503
     budgets_on_outage: Literal["open", "closed"] = "closed"
     traces: str = Field("sqlite:///.gateway/traces.db", pattern=r"^sqlite:///.+")  # see gateway/traces/store.py
     trace_queue_size: int = Field(20_000, ge=1)  # records waiting for the store (and spans for OTLP) before the oldest drop
     trace_retention_days: float = Field(30.0, gt=0)
     trace_max_rows: int = Field(1_000_000, ge=1)
+
+    @field_validator("cache", "limits", "prompts")
+    @classmethod
+    def _known_backend(cls, url: str | None, info: ValidationInfo) -> str | None:
+        return url if url is None else stores.check(str(info.field_name), url)
 
 
 class TelemetrySection(Strict):

@@ -1,4 +1,4 @@
-"""Where limit counters live, chosen by `[state] limits`:
+"""Where limit counters live, chosen by the scheme of `[state] limits` (`gateway.stores.BACKENDS`):
 
 - `memory`: this process's dicts. Exact, and free, but each process counts alone: with
   `--workers N` or several replicas use Redis (the startup log says so).
@@ -6,8 +6,9 @@
   Lua script per admission (all its checks applied atomically, time from Redis), pipelined with those
   of concurrent requests: a request waits for one round trip; and one script call settling every
   request that finished meanwhile, sent after the responses.
-  Every call has a short timeout (`limits_timeout_ms`, 100 by default) behind a circuit breaker; a
-  failure is raised as `LimitsUnavailable` and the caller applies the configured outage policy.
+  Every call has a short timeout (`limits_timeout_ms`, 100 by default) behind a circuit breaker (the
+  shared Redis layer, `gateway/stores/redis.py`); a failure is raised as `LimitsUnavailable` (the
+  error tree's `StoreUnavailable`) and the caller applies the configured outage policy.
   Settlements that fail are kept and retried (up to `SETTLE_GIVE_UP_S`); leases lapse on their own.
 """
 
@@ -18,15 +19,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from typing import Any, Protocol
 
 import orjson
+import redis.asyncio as aioredis
 
 from gateway.breaker import Breaker
+from gateway.errors import StoreUnavailable
 from gateway.limits import rules
 from gateway.limits.rules import Check, Settlement, Verdict
-from gateway.redisurl import split_prefix
+from gateway.stores import Options, open_backend
+from gateway.stores.redis import Batcher, Connection, split_prefix
 
 log = logging.getLogger("gateway.limits")
 
@@ -35,8 +40,7 @@ SETTLE_GIVE_UP_S = 300.0
 MAX_BATCH = 128  # admissions per pipeline: a full one takes Redis ~2 ms, well inside the timeout
 
 
-class LimitsUnavailable(Exception):
-    """The limits backend failed or is being skipped (breaker open)."""
+LimitsUnavailable = StoreUnavailable  # the name the limits stage catches: every backend failure
 
 
 class LimitStore(Protocol):
@@ -135,64 +139,46 @@ def _script(name: str) -> str:
 
 
 class RedisLimits:
-    """Admissions are queued and sent in pipelines, one pipeline in flight at a time; settlements
-    likewise, in a lane of their own, so an admission never waits behind them. Each lane holds one
-    connection: a request costs one Lua call inside Redis and a share of one round trip, however many
-    arrive at once (a connection per concurrent call would exhaust redis-py's pool under load)."""
+    """Admissions are queued and sent in pipelines, one pipeline in flight at a time (the shared
+    layer's `Batcher`); settlements likewise, in a lane of their own, so an admission never waits
+    behind them. Each lane holds one connection: a request costs one Lua call inside Redis and a
+    share of one round trip, however many arrive at once (a connection per concurrent call would
+    exhaust redis-py's pool under load)."""
 
     shared = True
 
     def __init__(self, url: str, prefix: str = "gwl:", timeout_s: float = 0.1, breaker: Breaker | None = None) -> None:
-        import redis.asyncio as redis
-
-        self._redis = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0)
+        self.connection = Connection(url, prefix, timeout_s, breaker or Breaker("limits backend (Redis)"))
         self.prefix = prefix
-        self._timeout_s = timeout_s
-        self.breaker = breaker or Breaker("limits backend (Redis)")
+        self.breaker = self.connection.breaker
         self._scripts = {"admit": _script("admit.lua"), "settle": _script("settle.lua")}
         self._shas: dict[str, str] = {}
-        self._admissions: list[tuple[str, bytes, asyncio.Future[Any]]] = []
+        self._admissions: Batcher[tuple[str, bytes], Any] = Batcher(self.connection, self._send_admissions, MAX_BATCH)
         self._pending: list[tuple[float, Settlement]] = []
-        self._admitter: asyncio.Task[None] | None = None
         self._settler: asyncio.Task[None] | None = None
 
     async def admit(self, checks: list[Check], lease: str) -> Verdict:
-        if not self.breaker.allow():
-            raise LimitsUnavailable("breaker open")
         prefix = self.prefix
         payload = orjson.dumps([(c.kind, prefix + c.key, c.limit, c.amount, c.extra) for c in checks])
-        answer = asyncio.get_running_loop().create_future()
-        self._admissions.append((lease, payload, answer))
-        if self._admitter is None or self._admitter.done():
-            self._admitter = asyncio.get_running_loop().create_task(self._admit_all())
-        reply = await answer
+        reply = await self._admissions.submit((lease, payload))
+        if isinstance(reply, Exception):  # this script call's own error (NOSCRIPT after a Redis restart)
+            self._shas.clear()  # loaded again on the next send
+            raise self.connection.unavailable(reply)
         if reply[0] == 1:
-            return Verdict(True, -1, 0.0, tuple(k.decode()[len(self.prefix) :] for k in reply[1:]))
+            return Verdict(True, -1, 0.0, tuple(k.decode()[len(prefix) :] for k in reply[1:]))
         return Verdict(False, int(reply[1]) - 1, float(reply[2]), ())
 
-    async def _admit_all(self) -> None:
-        while self._admissions:
-            batch, self._admissions = self._admissions[:MAX_BATCH], self._admissions[MAX_BATCH:]
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    pipe = self._redis.pipeline(transaction=False)
-                    admit = await self._sha("admit")
-                    for lease, checks, _ in batch:
-                        pipe.evalsha(admit, 0, lease, checks)
-                    results = await pipe.execute(raise_on_error=False)
-            except Exception as exc:  # redis, OS and timeout errors alike: translated here, once
-                self.breaker.failure(exc)
-                results = [exc] * len(batch)
-            else:
-                self.breaker.success()
-            for (_, _, answer), result in zip(batch, results, strict=True):
-                if answer.done():
-                    continue
-                if isinstance(result, Exception):
-                    self._shas.clear()  # NOSCRIPT after a Redis restart: loaded again on the next send
-                    answer.set_exception(LimitsUnavailable(type(result).__name__))
-                else:
-                    answer.set_result(result)
+    async def _send_admissions(self, batch: list[tuple[str, bytes]]) -> list[Any]:
+        try:
+            pipe = self.connection.redis.pipeline(transaction=False)
+            admit = await self._sha("admit")
+            for lease, checks in batch:
+                pipe.evalsha(admit, 0, lease, checks)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        except BaseException:  # the connection failed or the batch timed out: a restarted Redis may have lost the scripts
+            self._shas.clear()
+            raise
+        return results
 
     def settle(self, settlements: list[Settlement]) -> None:
         now = time.monotonic()
@@ -203,37 +189,33 @@ class RedisLimits:
     async def _settle_all(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
+            prefix = self.prefix
+            payload = orjson.dumps([(s.kind, prefix + s.key, s.a, s.b, s.c, s.lease) for _, s in batch])
             try:
-                if not self.breaker.allow():
-                    raise LimitsUnavailable("breaker open")
-                prefix = self.prefix
-                payload = orjson.dumps([(s.kind, prefix + s.key, s.a, s.b, s.c, s.lease) for _, s in batch])
-                async with asyncio.timeout(self._timeout_s * 5):
-                    await self._redis.evalsha(await self._sha("settle"), 0, payload)
-            except Exception as exc:
-                if not isinstance(exc, LimitsUnavailable):
-                    self._shas.clear()
-                    self.breaker.failure(exc)
+                await self.connection.call(partial(self._settle_script, payload=payload), self.connection.timeout_s * 5)
+            except StoreUnavailable:
+                self._shas.clear()
                 cutoff = time.monotonic() - SETTLE_GIVE_UP_S
                 kept = [(t, s) for t, s in batch if t > cutoff]
                 if len(kept) < len(batch):
                     log.error("limits backend: %d settlements older than %.0f s dropped", len(batch) - len(kept), SETTLE_GIVE_UP_S)
                 self._pending = kept + self._pending
                 await asyncio.sleep(SETTLE_RETRY_S)
-            else:
-                self.breaker.success()
+
+    async def _settle_script(self, redis: aioredis.Redis, payload: bytes) -> Any:
+        return await redis.evalsha(await self._sha("settle"), 0, payload)
 
     async def _sha(self, name: str) -> str:
         sha = self._shas.get(name)
         if sha is None:
-            sha = self._shas[name] = await self._redis.script_load(self._scripts[name])
+            sha = self._shas[name] = await self.connection.redis.script_load(self._scripts[name])
         return sha
 
     async def idle(self) -> None:
         """Wait until everything queued so far has been sent (or has failed)."""
-        for task in (self._admitter, self._settler):
-            if task is not None and not task.done():
-                await asyncio.wait({task})
+        await self._admissions.idle()
+        if self._settler is not None and not self._settler.done():
+            await asyncio.wait({self._settler})
 
     async def close(self) -> None:
         if self._settler is not None and not self._settler.done():
@@ -242,13 +224,19 @@ class RedisLimits:
                     await asyncio.shield(self._settler)
             except TimeoutError:
                 self._settler.cancel()
-        await self._redis.aclose()
+        await self.connection.close()
+
+
+def open_memory(url: str, options: Options) -> LimitStore:
+    return MemoryLimits()
+
+
+def open_redis(url: str, options: Options) -> LimitStore:
+    rest, prefix = split_prefix(url)
+    return RedisLimits(rest, prefix or "gwl:", options.timeout_s, Breaker("limits backend (Redis)", on_change=options.on_change))
 
 
 def open_limits(url: str, timeout_s: float = 0.1, on_change: Callable[[bool], None] | None = None) -> LimitStore:
-    if url == "memory":
-        return MemoryLimits()
-    if not url.startswith(("redis://", "rediss://")):
-        raise ValueError(f"unknown limits backend {url!r}: use memory or a redis:// URL")
-    rest, prefix = split_prefix(url)
-    return RedisLimits(rest, prefix or "gwl:", timeout_s, Breaker("limits backend (Redis)", on_change=on_change))
+    """The backend `gateway.stores.BACKENDS["limits"]` names for this URL's scheme."""
+    store: LimitStore = open_backend("limits", url, Options(timeout_s, on_change))
+    return store

@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.config import Config, ConfigError
 from gateway.config.watch import signature
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, StoreUnavailable
 from gateway.prompts.files import FileSet, load_files, prompt_dir
 from gateway.prompts.registry import RUNTIME, Registry, Version, build, canonical, compile_version
 from gateway.prompts.schema import LABEL, PROMPT_ID, VersionSpec
@@ -90,7 +90,9 @@ class PromptService:
             try:
                 if await self.store.generation() != self._generation:
                     await self.refresh_store()
-            except Exception:  # a store outage must not end the loop; the last snapshot keeps serving
+            except StoreUnavailable:
+                pass  # down or timed out: its breaker logs the outage and the recovery once; the last snapshot keeps serving
+            except Exception:  # nothing else may end the loop either
                 log.exception("prompt store poll failed")
 
     async def _watch_files(self) -> None:

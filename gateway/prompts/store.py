@@ -7,31 +7,49 @@ within a second. Version numbers are allocated by the store atomically, above `f
 versions the prompt's file defines), and a push whose content hash is already stored answers the
 existing number.
 
-Which backend: Redis when `[state] limits` is a `redis://` (or `rediss://`) URL, the state every
-replica must already share; otherwise SQLite in the directory of the SQLite trace store
-(`prompts.db` beside `traces.db`), or `.gateway/prompts.db` under the config's directory.
+Which backend: the scheme of `[state] prompts` (`gateway.stores.BACKENDS["prompts"]`): `sqlite`
+(`prompts.db` beside the SQLite trace store, or `.gateway/prompts.db` under the config's directory),
+`sqlite:///path`, or `redis://host:port/db?prefix=...` (default prefix `gateway:prompts:`). Unset, it
+follows `[state] limits`, the state every replica must already share: Redis when that is a Redis URL
+(keys under its `?prefix=` followed by `prompts:`), SQLite otherwise.
+
+Redis calls go through the shared Redis layer (`gateway/stores/redis.py`): a timeout per call
+(`TIMEOUT_S`) and a breaker, failures raised as `StoreUnavailable`. A push or label move then answers
+503; requests never wait on this store (they read the registry built from its last snapshot), and
+the poll keeps that snapshot until Redis answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
 
+from gateway.breaker import Breaker
 from gateway.config import Config
-from gateway.redisurl import split_prefix
+from gateway.stores import Options, open_backend, scheme
+from gateway.stores.redis import Connection, split_prefix
 
+log = logging.getLogger("gateway.prompts")
 POLL_S = 0.5
 T = TypeVar("T")
-REDIS_PREFIX_ENV = "GATEWAY_PROMPTS_REDIS_PREFIX"  # to share one Redis database between deployments
+# per Redis call: off the request path (admin calls and the poll), and a snapshot reads the whole
+# store in one pipeline, so a second rather than the limits' 100 ms; a hung Redis still costs no more
+TIMEOUT_S = 1.0
+REDIS_PREFIX = "gateway:prompts:"
+# Deprecated: before `[state] prompts` took `?prefix=`, this set the prefix. Still honoured when the
+# prompts URL names none (a documented setting deployments may rely on), with a warning.
+REDIS_PREFIX_ENV = "GATEWAY_PROMPTS_REDIS_PREFIX"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +90,41 @@ class PromptStore(Protocol):
 
 
 def open_store(config: Config) -> PromptStore:
+    """The backend `gateway.stores.BACKENDS["prompts"]` names for `store_url(config)`'s scheme."""
+    store: PromptStore = open_backend("prompts", store_url(config), Options(TIMEOUT_S))
+    return store
+
+
+def store_url(config: Config) -> str:
+    """`[state] prompts` (unset: following `limits`), with a SQLite path resolved and a Redis prefix set."""
     state = config.file.state
-    if state.limits.startswith(("redis://", "rediss://")):
-        url, prefix = split_prefix(state.limits)
-        return RedisStore(url, os.environ.get(REDIS_PREFIX_ENV) or (f"{prefix}prompts:" if prefix else "gateway:prompts:"))
-    return SQLiteStore(sqlite_path(config))
+    url = state.prompts or _following(state.limits)
+    if scheme(url) == "sqlite":
+        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+        return "sqlite:///" + str(config.path(path) if path else sqlite_path(config))
+    rest, prefix = split_prefix(url)
+    legacy = os.environ.get(REDIS_PREFIX_ENV)
+    if legacy and (state.prompts is None or prefix is None):
+        log.warning('%s is deprecated: set the prefix in [state] prompts = "redis://...?prefix=..."', REDIS_PREFIX_ENV)
+        prefix = legacy
+    return f"{rest}{'&' if '?' in rest else '?'}prefix={prefix}" if prefix else rest
+
+
+def _following(limits: str) -> str:
+    """Where prompt state goes when `[state] prompts` is unset: beside the limits when those are in Redis."""
+    if scheme(limits) not in ("redis", "rediss"):
+        return "sqlite"
+    rest, prefix = split_prefix(limits)
+    return f"{rest}{'&' if '?' in rest else '?'}prefix={prefix}prompts:" if prefix else rest
+
+
+def open_sqlite(url: str, options: Options) -> PromptStore:
+    return SQLiteStore(Path(url.removeprefix("sqlite:///")))
+
+
+def open_redis(url: str, options: Options) -> PromptStore:
+    rest, prefix = split_prefix(url)
+    return RedisStore(rest, prefix or REDIS_PREFIX, options.timeout_s)
 
 
 def sqlite_path(config: Config) -> Path:
@@ -204,40 +252,26 @@ class RedisStore:
 
     name = "redis"
 
-    def __init__(self, url: str, prefix: str) -> None:
-        self.url = url
+    def __init__(self, url: str, prefix: str, timeout_s: float = TIMEOUT_S, breaker: Breaker | None = None) -> None:
         self.prefix = prefix
-        self.client: aioredis.Redis | None = None
+        self.connection = Connection(url, prefix, timeout_s, breaker or Breaker("prompt store (Redis)"), decode=True)
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    @property
-    def _redis(self) -> aioredis.Redis:
-        if self.client is None:
-            raise RuntimeError("the prompt store is not open")
-        return self.client
-
     async def open(self) -> None:
-        self.client = aioredis.from_url(self.url, decode_responses=True)
-        await self.client.ping()
+        await self.connection.call(lambda redis: redis.ping())
 
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        await self.connection.close()
 
     async def generation(self) -> int:
-        return int(await self._redis.get(self._key("generation")) or 0)
+        return int(await self.connection.call(partial(_get, key=self._key("generation"))) or 0)
 
     async def snapshot(self) -> StoreState:
-        r = self._redis
-        ids = sorted(str(i) for i in await r.smembers(self._key("ids")))
-        async with r.pipeline(transaction=True) as pipe:
-            for pid in ids:
-                pipe.hgetall(self._key("versions", pid))
-                pipe.hgetall(self._key("labels", pid))
-            replies = await pipe.execute()
+        ids = sorted(str(i) for i in await self.connection.call(partial(_members, key=self._key("ids"))))
+        keys = [self._key(kind, pid) for pid in ids for kind in ("versions", "labels")]
+        replies = await self.connection.call(partial(_hashes, keys=keys))
         state = StoreState()
         for i, pid in enumerate(ids):
             versions, labels = replies[2 * i], replies[2 * i + 1]
@@ -250,16 +284,39 @@ class RedisStore:
     async def add_version(self, prompt_id: str, digest: str, spec: bytes, floor: int) -> tuple[int, bool]:
         record = orjson.dumps({"hash": digest, "spec": spec.decode(), "created_at": time.time()})
         keys = [self._key("versions", prompt_id), self._key("hashes", prompt_id), self._key("ids"), self._key("generation")]
-        number, created = await self._redis.eval(_ADD_VERSION, len(keys), *keys, prompt_id, digest, record, floor)
+        args = (prompt_id, digest, record, floor)
+        number, created = await self.connection.call(lambda redis: redis.eval(_ADD_VERSION, len(keys), *keys, *args))
         return int(number), bool(created)
 
     async def move_label(self, prompt_id: str, label: str, version: int, forced: bool) -> float:
         at = time.time()
         move = orjson.dumps({"version": version, "moved_at": at, "forced": forced})
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key("labels", prompt_id), label, move)
-            pipe.rpush(self._key("log", prompt_id), orjson.dumps({"label": label, "version": version, "moved_at": at, "forced": forced}))
-            pipe.sadd(self._key("ids"), prompt_id)
-            pipe.incr(self._key("generation"))
-            await pipe.execute()
+        entry = orjson.dumps({"label": label, "version": version, "moved_at": at, "forced": forced})
+
+        async def write(redis: aioredis.Redis) -> None:
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._key("labels", prompt_id), label, move)
+                pipe.rpush(self._key("log", prompt_id), entry)
+                pipe.sadd(self._key("ids"), prompt_id)
+                pipe.incr(self._key("generation"))
+                await pipe.execute()
+
+        await self.connection.call(write)
         return at
+
+
+async def _get(redis: aioredis.Redis, key: str) -> Any:
+    return await redis.get(key)
+
+
+async def _members(redis: aioredis.Redis, key: str) -> Any:
+    return await redis.smembers(key)
+
+
+async def _hashes(redis: aioredis.Redis, keys: list[str]) -> list[Any]:
+    """Every hash named, in one transaction: versions and labels read at the same instant."""
+    async with redis.pipeline(transaction=True) as pipe:
+        for key in keys:
+            pipe.hgetall(key)
+        replies: list[Any] = await pipe.execute()
+    return replies
