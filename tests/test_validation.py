@@ -4,6 +4,7 @@ would fail on it (the trace writer included)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import Any
 
@@ -156,3 +157,27 @@ def test_malformed_requests_are_400_and_tracing_goes_on(gateway_factory: Gateway
         ("gateway_trace_records_degraded_total", ("capture_failed", "unencodable")),
     ):
         assert {reason: value(m, name, reason=reason) for reason in reasons} == dict.fromkeys(reasons, 0.0)
+
+
+def test_a_deep_body_costs_no_other_request_its_trace_row(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:
+    """Issue 13, item 10: a body nested past the 254 levels orjson writes was answered, and its record
+    failed the trace sink's whole batch: every record of that window (any tenant's) was lost, uncounted."""
+    gw = gateway_factory(traces_config(fake.base_url, telemetry='capture_content = "metadata"'))
+    good = {"model": "demo-echo", "messages": USER}
+
+    async def burst() -> list[int]:  # together, so they share the sink's 50 ms batch
+        async with httpx.AsyncClient(base_url=gw.base_url, headers={"authorization": f"Bearer {KEYS['alpha']}"}, timeout=20) as http:
+            sends = [http.post("/chat/completions", json=good, headers={"x-request-id": f"good-{i}"}) for i in range(10)]
+            sends.insert(5, http.post("/chat/completions", content=_nested(300), headers={"x-request-id": "deep"}))
+            return [r.status_code for r in await asyncio.gather(*sends)]
+
+    statuses = asyncio.run(burst())
+    ids = {f"good-{i}" for i in range(10)} | {"deep"}
+
+    def all_rows() -> dict[str, int] | None:
+        rows = _rows(gw)
+        return rows if set(rows) == ids else None
+
+    rows = wait_for(all_rows, what="every request's trace row")
+    assert statuses == [200] * 5 + [400] + [200] * 5
+    assert rows == {**dict.fromkeys(ids, 200), "deep": 400}
