@@ -345,6 +345,8 @@ class Gateway:
             return response
         finally:
             if not streaming:
+                if record.unanswered is not None:  # sent, never answered: the provider bills the prompt
+                    await dispatch.charge_unanswered(record)
                 self._finish(record)
 
     # endpoints -------------------------------------------------------------------------------

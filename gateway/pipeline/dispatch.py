@@ -10,7 +10,7 @@ provider stops generating.
 What was consumed is charged on every ending (README "Charging"): a stream that ends early (client
 gone or stalled, deadline, upstream break) settles its prompt plus the completion relayed so far
 (`charge_consumed`); a complete answer that was sent but never came (timeouts, a dropped
-connection, cancellation) settles its prompt (`_charge_prompt`). The record then carries the
+connection, cancellation) settles its prompt (`charge_unanswered`). The record then carries the
 figures that the trace, the budget and the tpm settlement all read.
 """
 
@@ -65,10 +65,10 @@ async def complete(
         raw = await response.read()
     except GatewayError as exc:
         if exc.error_type in SENT_UNANSWERED:
-            await _charge_prompt(op, body, deployment, record)
+            record.unanswered = (op, body, deployment)
         raise
     except asyncio.CancelledError:
-        await _charge_prompt(op, body, deployment, record)
+        record.unanswered = (op, body, deployment)
         raise
     finally:
         record.upstream_s += time.perf_counter() - started
@@ -92,11 +92,18 @@ async def complete(
 SENT_UNANSWERED = frozenset({"first_byte_timeout", "idle_timeout", "upstream_disconnected", "upstream_error"})
 
 
-async def _charge_prompt(op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> None:
-    """A complete answer that never came: settle the prompt tokens (counted off the event loop). One
-    charge per request: a later attempt's answer replaces it."""
-    await load_encoding(deployment.model)
-    prompt = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(prompt_tokens, op, body, deployment.model)))
+async def charge_unanswered(record: Record) -> None:
+    """When a request ends with no usage but an attempt was sent and never answered: settle its
+    prompt tokens (counted off the event loop), once, however many attempts went that way. Attempts
+    only note it (`Record.unanswered`), so retries do not wait for a count an answer would replace."""
+    if record.unanswered is None or record.usage is not None:
+        return
+    op, body, deployment = record.unanswered
+    try:
+        await load_encoding(deployment.model)
+        prompt = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(prompt_tokens, op, body, deployment.model)))
+    except asyncio.CancelledError:  # shutting down: the record goes out as it is
+        return
     settle(record, deployment, Usage(prompt, 0, estimated=True))
 
 
@@ -193,10 +200,10 @@ async def open_stream(
         await stream.open()
     except GatewayError as exc:
         if exc.error_type in SENT_UNANSWERED:
-            await _charge_prompt(op, body, deployment, record)
+            record.unanswered = (op, body, deployment)
         raise
     except asyncio.CancelledError:
-        await _charge_prompt(op, body, deployment, record)
+        record.unanswered = (op, body, deployment)
         raise
     finally:
         record.upstream_s += time.perf_counter() - started

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.providers.base import Usage
+from gateway.providers.base import Deployment, Operation, Usage
 
 
 @dataclass(slots=True)
@@ -67,6 +67,9 @@ class Record:
     response_text: list[str] | None = None  # "full" only, streams: the relayed text
     redacted: dict[str, int] | None = None  # guardrail redactions by kind (the x-gateway-redacted header)
     lease: Any = None  # what the request holds against its limits (pipeline/limit.py), settled when it is over
+    # an attempt that was sent and never answered (timed out, dropped, cancelled): its prompt is charged
+    # if the request ends without usage (pipeline/dispatch.py charge_unanswered)
+    unanswered: tuple[Operation, dict[str, Any], Deployment] | None = None
 
     def mark_overhead(self, now: float) -> float:
         """The gateway's own time so far (total minus upstream) in ms, to 0.01: header and metric share it."""

@@ -104,6 +104,7 @@ def adopt(record: Record, source: Record, leader: bool) -> None:
     usage = source.usage
     if leader:
         record.usage, record.cost_usd, record.attempts = usage, source.cost_usd, source.attempts
+        record.unanswered = source.unanswered  # a prompt sent and never answered is the leader's to pay
     elif usage is not None:
         record.usage = Usage(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens, estimated=usage.estimated)
         record.cost_usd = 0.0
@@ -237,6 +238,8 @@ class Reuse:
             await flight.first()
         except BaseException:
             flight.leave()
+            if record.cache != "coalesced":
+                record.unanswered = flight.record.unanswered
             raise
         record.ttft_s = time.perf_counter() - record.t0
         record.target = flight.record.target
