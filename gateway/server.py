@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
+import termios
 from collections.abc import Generator
 from pathlib import Path
 from types import FrameType
@@ -41,6 +44,7 @@ from gateway.traces.writer import WriterProcess, settings_from
 log = logging.getLogger("gateway")
 
 
+OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if sys.platform == "linux" else None  # = SIOCOUTQ on a TCP socket
 COALESCE_MAX = 64 * 1024  # larger writes go out at once (after what is held), not copied into one buffer
 
 
@@ -102,8 +106,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
       `receive` woken, so `read_body` answers 408 `request_timeout` (with `connection: close`) and
       the request is traced and its slot freed; if nobody answers within CLOSE_GRACE_S, or the
       response is already out, the connection is closed.
-    - writes paused (the transport's buffer over its high-water mark: the client's socket has not
-      taken data) for `stall_timeout` without a resume: the scope is marked `STALLED` and the
+    - writes paused (the transport's buffer over its high-water mark) and the client taking none of
+      it for `stall_timeout` (checked by the sweep): the scope is marked `STALLED` and the
       connection aborted, which ends the response like a disconnect (the relay closes its upstream
       connection and the trace says `client_stalled`). uvicorn's `send` waits in `flow.drain()`
       while writes are paused, with no bound of its own: this is that bound.
@@ -114,7 +118,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     stall_timeout = 30.0
     headers_since: float | None = None  # loop time the current request's headers began; None once complete
     body_since: float | None = None  # loop time its body began (headers complete); None once complete
-    paused_since: float | None = None  # loop time writes were paused; None while the client takes data
+    paused_since: float | None = None  # loop time writes were paused, or the client last took data while they are
+    paused_size = 0  # the transport's buffer then
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -135,7 +140,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def pause_writing(self) -> None:
-        self.paused_since = self.loop.time()
+        self.paused_since, self.paused_size = self.loop.time(), self._backlog()
         super().pause_writing()
 
     def resume_writing(self) -> None:
@@ -151,11 +156,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
         elif self.body_since is not None and now - self.body_since > self.body_timeout:
             self._body_overdue(now)
+        elif self.paused_since is not None:
+            self._check_stall(now)
+
+    def _check_stall(self, now: float) -> None:
+        # nothing is written while paused (uvicorn's send waits first), so a smaller backlog means the
+        # client took some: a slow reader is not a stalled one
+        size = self._backlog()
+        if size < self.paused_size:
+            self.paused_since, self.paused_size = now, size
         elif self.paused_since is not None and now - self.paused_since > self.stall_timeout:
             if self.cycle is not None:
                 self.cycle.scope[STALLED] = True  # type: ignore[literal-required]
             self.paused_since = None
             self.transport.abort()  # close() would wait for the buffer the client does not read
+
+    def _backlog(self) -> int:
+        """Bytes written and not yet taken by the client: the transport's buffer plus, where the OS
+        tells (Linux: SIOCOUTQ), the socket's send queue, which a reader drains long before the
+        kernel reports the socket writable again."""
+        size = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and OUTQ is not None:
+            with contextlib.suppress(OSError, ValueError):
+                size += int.from_bytes(fcntl.ioctl(sock.fileno(), OUTQ, bytes(4)), sys.byteorder, signed=True)
+        return size
 
     def _body_overdue(self, now: float) -> None:
         cycle = self.cycle

@@ -108,3 +108,28 @@ def test_a_client_that_leaves_mid_body_is_traced_as_gone(gw: GatewayProcess) -> 
     assert (row["status"], row["error_type"]) == (499, "client_disconnected")
     assert in_flight(gw) == 0
     assert "unhandled error" not in gw.log()
+
+
+def test_a_slow_reader_is_not_a_stalled_one(gw: GatewayProcess, fake: FakeOpenAI) -> None:
+    """A client taking ~24 KB/s keeps the gateway's buffer full for longer than the 1 s stall timeout
+    at a time, but it keeps taking data: it is served, not cut off."""
+    fake.script(Behavior(chunks=400, chunk_delay_s=0.002, text="hello " * (8 * 1024 * 1024 // 6)))  # fills every buffer
+    rid = uuid.uuid4().hex
+    body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(15)
+    sock.connect(("127.0.0.1", gw.port))
+    sock.sendall(request_head(rid, len(body)) + body)
+    received = 0
+    until = time.monotonic() + 5
+    while time.monotonic() < until:
+        chunk = sock.recv(2048)
+        assert chunk, "the gateway cut off a client that was reading"
+        received += len(chunk)
+        time.sleep(0.08)
+    assert fake.disconnects == []
+    sock.close()
+    row = trace(gw, rid)
+    assert (row["status"], row["error_type"]) == (499, "client_disconnected")
+    assert received > 50_000
