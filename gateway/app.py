@@ -276,7 +276,7 @@ class Gateway:
             require_tools(body["tools"], principal.tools)
         guard = principal.guard
         if guard is not None:  # deny rules, then redaction: before the body is cached, traced or sent
-            record.redacted = guard.screen(body) or None
+            record.redacted = await guard.screen_async(body, len(raw)) or None
             as_sent = as_sent and record.redacted is None
         record.request_body = body
         if as_sent and record.capture == "full":

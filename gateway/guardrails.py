@@ -18,12 +18,16 @@ never break the JSON a provider will parse.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
+import regex  # type: ignore[import-untyped]  # tiktoken's dependency: re's syntax, and it can match without the GIL
 from pydantic import Field, field_validator
 
 from gateway.config.schema import Strict
@@ -40,8 +44,8 @@ class DenyRule(Strict):
     @classmethod
     def _compiles(cls, pattern: str) -> str:
         try:
-            re.compile(pattern, re.IGNORECASE)
-        except re.error as exc:
+            _unlocked(re.compile(pattern, re.IGNORECASE))
+        except (re.error, regex.error) as exc:
             raise ValueError(f"not a valid regular expression: {exc}") from None
         return pattern
 
@@ -206,6 +210,7 @@ class Guardrails:
     deny: tuple[tuple[str, re.Pattern[str]], ...]  # (rule name, compiled pattern), in configured order
     redactions: tuple[_Redaction, ...]
     max_request_tokens: int | None
+    unlocked: Guardrails | None = None  # the same, in the `regex` engine, for bodies screened in a worker thread
 
     @classmethod
     def compile(cls, section: GuardrailsSection) -> Guardrails | None:
@@ -214,7 +219,18 @@ class Guardrails:
             return None
         deny = tuple((rule.name, re.compile(rule.pattern, re.IGNORECASE)) for rule in section.deny)
         redactions = tuple(r for kind, patterns in _REDACTIONS.items() if kind in section.redact for r in patterns)
-        return cls(deny, redactions, section.max_request_tokens)
+        twins = tuple((name, _unlocked(pattern)) for name, pattern in deny)
+        unlocked = cls(twins, tuple(_UNLOCKED[id(r)] for r in redactions), section.max_request_tokens)
+        return cls(deny, redactions, section.max_request_tokens, unlocked)
+
+    async def screen_async(self, body: dict[str, Any], size: int) -> dict[str, int]:
+        """`screen` for a body of `size` bytes: over INLINE_BYTES in a worker thread, with the patterns
+        in the `regex` engine, which matches without the GIL, so the event loop keeps serving (the
+        body is this request's own: nothing else touches it meanwhile). Smaller bodies stay on the
+        loop with `re`, which is about twice as quick per call on short texts."""
+        if size <= INLINE_BYTES or self.unlocked is None:
+            return self.screen(body)
+        return await asyncio.to_thread(self.unlocked.screen, body)
 
     def screen(self, body: dict[str, Any]) -> dict[str, int]:
         """Reject the body if a deny rule matches, else redact it in place; the count of each kind replaced."""
@@ -231,6 +247,49 @@ class Guardrails:
                     raise denied
         redactions = _hinted(self.redactions, "\0".join(slot.text for slot in texts)) if texts else ()
         return _redact(texts, redactions) if redactions else {}
+
+
+INLINE_BYTES = 32_768  # bodies up to this size are screened on the event loop (~0.5 ms with every redaction)
+_FLAGS = ((re.IGNORECASE, regex.IGNORECASE), (re.ASCII, regex.ASCII), (re.DOTALL, regex.DOTALL))
+
+
+class _Unlocked:
+    """A pattern compiled by `regex`, matching with the GIL released: the part of `re.Pattern`'s API
+    this module uses. The patterns here are written in the syntax both engines share, and the
+    guardrail tests run through both (tests/test_guardrails.py)."""
+
+    __slots__ = ("_compiled", "pattern")
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        flags = 0
+        for ours, theirs in _FLAGS:
+            flags |= theirs if pattern.flags & ours else 0
+        self._compiled = regex.compile(pattern.pattern, flags)
+        self.pattern = pattern.pattern
+
+    def search(self, text: str, pos: int = 0, endpos: int = sys.maxsize) -> re.Match[str] | None:
+        return cast("re.Match[str] | None", self._compiled.search(text, pos, endpos, concurrent=True))
+
+    def finditer(self, text: str, pos: int = 0) -> Iterator[re.Match[str]]:
+        return cast("Iterator[re.Match[str]]", self._compiled.finditer(text, pos, concurrent=True))
+
+    def subn(self, repl: str, text: str) -> tuple[str, int]:
+        return cast("tuple[str, int]", self._compiled.subn(repl, text, concurrent=True))
+
+
+def _unlocked(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    return cast("re.Pattern[str]", _Unlocked(pattern))
+
+
+def _twin(redaction: _Redaction, twins: dict[int, re.Pattern[str]]) -> _Redaction:
+    """`redaction` in the `regex` engine; a hint shared by several redactions stays shared."""
+    pattern = twins.setdefault(id(redaction.pattern), _unlocked(redaction.pattern))
+    hint = None if redaction.hint is None else twins.setdefault(id(redaction.hint), _unlocked(redaction.hint))
+    return dataclasses.replace(redaction, pattern=pattern, hint=hint)
+
+
+_TWINS: dict[int, re.Pattern[str]] = {}
+_UNLOCKED = {id(r): _twin(r, _TWINS) for patterns in _REDACTIONS.values() for r in patterns}  # built once, at import
 
 
 def _hinted(redactions: tuple[_Redaction, ...], text: str) -> tuple[_Redaction, ...]:

@@ -1,15 +1,15 @@
 """Big bodies beside small requests: does one tenant's 10 MB request slow everyone else's?
 
     .venv/bin/python loadtests/big_body.py [--rounds 3] [--seconds 8] [--rate 100] [--mb 10]
-                                           [--text english|letters] [--guardrails]
+                                           [--every 0] [--text english|letters] [--guardrails]
 
 Starts `loadtests/fast_upstream.py` and a gateway (free ports on 127.0.0.1, a temporary folder)
 whose one team has `tpm` and a daily budget, so every request's prompt is counted with tiktoken.
 Then, per round, two phases of `--seconds` each: small chat requests alone ("hi", sent open-loop at
 `--rate` per second from this process, latency measured from when each was due), and the same
-small requests while another process sends `--mb` MB chat bodies one after another (one message of
-random English words, or with `--text letters` one run of a single letter, tiktoken's slowest
-case). Prints p50/p99/max of the small requests per phase, and the big bodies' count and latency.
+small requests while another process sends `--mb` MB chat bodies, one after another or one every
+`--every` seconds (one message of random English words, or with `--text letters` one run of a
+single letter, tiktoken's slowest case). Prints p50/p99/max of the small requests per phase, and the big bodies' count and latency.
 `--guardrails` also gives the team deny rules and every redaction (screened on each body).
 Run it against another tree with `PYTHONPATH=<tree>` (the gateway inherits the environment).
 """
@@ -89,8 +89,8 @@ def big_body(mb: float, text: str) -> bytes:
     return orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]})
 
 
-def send_big(url: str, body: bytes, stop: Any, results: Any) -> None:
-    """In its own process: big bodies one after another until told to stop."""
+def send_big(url: str, body: bytes, every: float, stop: Any, results: Any) -> None:
+    """In its own process: big bodies one after another (or one every `every` s) until told to stop."""
     import httpx
 
     with httpx.Client(timeout=120) as client:
@@ -98,6 +98,7 @@ def send_big(url: str, body: bytes, stop: Any, results: Any) -> None:
             started = time.perf_counter()
             answer = client.post(url, content=body, headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
             results.put((answer.status_code, time.perf_counter() - started))
+            stop.wait(max(0.0, started + every - time.perf_counter()))
 
 
 async def small_phase(url: str, rate: float, seconds: float) -> tuple[list[float], int]:
@@ -143,7 +144,7 @@ def run_rounds(args: argparse.Namespace, url: str) -> None:
         report("small alone", *asyncio.run(small_phase(url, args.rate, args.seconds)))
         context = multiprocessing.get_context("spawn")
         stop, results = context.Event(), context.Queue()
-        sender = context.Process(target=send_big, args=(url, body, stop, results))
+        sender = context.Process(target=send_big, args=(url, body, args.every, stop, results))
         sender.start()
         time.sleep(0.5)  # the first big body is on its way
         report(f"small beside {args.mb:g} MB bodies", *asyncio.run(small_phase(url, args.rate, args.seconds)))
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=float, default=100.0, help="small requests per second")
     parser.add_argument("--mb", type=float, default=10.0)
+    parser.add_argument("--every", type=float, default=0.0, help="seconds from one big body to the next (0: back to back)")
     parser.add_argument("--text", choices=("english", "letters"), default="english")
     parser.add_argument("--guardrails", action="store_true")
     parser.add_argument("--python", default=sys.executable)
