@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,10 +17,26 @@ import redis.asyncio as aioredis
 
 from gateway.config import Config
 from gateway.config.load import build as build_config
+from gateway.errors import StoreTimeout, StoreUnavailable
 from gateway.prompts.registry import FilePrompt, build, compile_version
 from gateway.prompts.schema import VersionSpec
 from gateway.prompts.service import PromptService
-from gateway.prompts.store import PromptStore, RedisStore, SQLiteStore, StoredLabel, StoreState, open_store, sqlite_path
+from gateway.prompts.store import (
+    POLL_S,
+    REDIS_PREFIX_ENV,
+    TIMEOUT_S,
+    PromptStore,
+    RedisStore,
+    SQLiteStore,
+    StoredLabel,
+    StoreState,
+    open_store,
+    sqlite_path,
+    store_url,
+)
+from tests.conftest import RedisServer
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.test_prompts import SUPPORT, push, served, start
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -107,14 +126,74 @@ def config(tmp_path: Path, state: dict[str, str] | None = None) -> Config:
     return build_config(raw, str(tmp_path / "config.toml"), tmp_path)
 
 
-def test_the_backend_is_chosen_by_state_limits(tmp_path: Path) -> None:
+def test_the_backend_is_chosen_by_state_prompts_else_by_state_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(REDIS_PREFIX_ENV, raising=False)
     embedded = config(tmp_path)
     assert sqlite_path(embedded) == tmp_path / "var" / "prompts.db"
+    assert store_url(embedded) == f"sqlite:///{tmp_path}/var/prompts.db"
     assert isinstance(open_store(embedded), SQLiteStore)
     shared = config(tmp_path, {"limits": REDIS_URL, "cache": "memory"})
-    assert isinstance(open_store(shared), RedisStore)
+    assert isinstance(open_store(shared), RedisStore) and store_url(shared) == REDIS_URL  # default prefix gateway:prompts:
     cache_only = config(tmp_path, {"cache": REDIS_URL})
     assert isinstance(open_store(cache_only), SQLiteStore)
+    # following limits, the prompt keys sit under the limits prefix; [state] prompts says where, prefix included
+    assert store_url(config(tmp_path, {"limits": f"{REDIS_URL}?prefix=team-a:"})) == f"{REDIS_URL}?prefix=team-a:prompts:"
+    own = config(tmp_path, {"limits": f"{REDIS_URL}?prefix=team-a:", "prompts": "redis://127.0.0.1:6379/9?prefix=p:"})
+    assert store_url(own) == "redis://127.0.0.1:6379/9?prefix=p:"
+    store = open_store(own)
+    assert isinstance(store, RedisStore) and store.prefix == "p:"
+    assert (
+        store_url(config(tmp_path, {"limits": REDIS_URL, "prompts": "sqlite:///elsewhere/p.db"})) == f"sqlite:///{tmp_path}/elsewhere/p.db"
+    )
+    assert store_url(config(tmp_path, {"limits": REDIS_URL, "prompts": "sqlite"})) == f"sqlite:///{tmp_path}/.gateway/prompts.db"
+
+
+def test_the_deprecated_prefix_variable_still_applies_where_config_names_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(REDIS_PREFIX_ENV, "legacy:")
+    assert store_url(config(tmp_path, {"limits": f"{REDIS_URL}?prefix=team-a:"})) == f"{REDIS_URL}?prefix=legacy:"
+    named = config(tmp_path, {"prompts": f"{REDIS_URL}?prefix=p:"})
+    assert store_url(named) == f"{REDIS_URL}?prefix=p:"  # the config's own prefix wins
+
+
+@contextmanager
+def paused(server: RedisServer) -> Iterator[None]:
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+async def test_a_paused_redis_bounds_pushes_and_the_service_keeps_its_last_state(tmp_path: Path, own_redis: RedisServer) -> None:
+    """Before the shared layer a push to a paused Redis waited forever (no timeout) and so did the poll."""
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "bot.toml").write_text(FILE)
+    url = f"redis://127.0.0.1:{own_redis.port}/0?prefix=t:"
+    service = PromptService(config(tmp_path, {"prompts": url, "traces": "sqlite:///var/traces.db"}))
+    await service.start()
+    try:
+        assert (await service.push("bot", version("two")))[:2] == (2, service.registry.prompts["bot"].versions[2].hash)
+        await service.move_label("bot", "production", 2, False)
+        with paused(own_redis):
+            started = time.monotonic()
+            with pytest.raises(StoreTimeout) as info:
+                await service.push("bot", version("three"))
+            assert time.monotonic() - started < TIMEOUT_S + 2  # one timeout, not a hang
+            assert info.value.status == 503 and "prompt store (Redis) unavailable" in info.value.message
+            store = service.store
+            assert isinstance(store, RedisStore)
+            deadline = time.monotonic() + 10 * (POLL_S + TIMEOUT_S)
+            while store.connection.up:  # the poll times out too, and the third failure opens the breaker
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="breaker open"):
+                await service.move_label("bot", "production", 1, False)
+            assert time.monotonic() - started < 0.5
+            assert service.registry.resolve("bot").version.number == 2  # requests keep the last known state
+    finally:
+        await service.stop()
 
 
 FILE = """
@@ -160,3 +239,33 @@ def test_a_label_points_where_it_was_put_last_file_or_store() -> None:
     newer = StoreState(labels={"bot": {"production": StoredLabel(2, 150.0, False)}})
     assert build({"bot": file}, older).resolve("bot").version.number == 1
     assert build({"bot": file}, newer).resolve("bot").version.number == 2
+
+
+def test_a_paused_redis_never_holds_a_request_and_a_push_answers_503(upstream: FakeOpenAI, tmp_path: Path, own_redis: RedisServer) -> None:
+    url = f"redis://127.0.0.1:{own_redis.port}/0?prefix=e2e:"
+    gw = start(tmp_path / "gw", upstream, {"support.toml": SUPPORT}, state=f'prompts = "{url}"')
+    try:
+        assert push(gw, "support-bot", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "v3"}]}).status_code == 201
+        assert served(gw) == "support-bot@1"
+        with paused(own_redis):
+            started = time.monotonic()
+            refused = push(gw, "support-bot", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "v4"}]})
+            assert time.monotonic() - started < TIMEOUT_S + 3
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["type"] == "service_unavailable"
+            assert refused.json()["error"]["code"] in ("store_timeout", "store_unavailable")
+            for _ in range(5):  # labels resolve from the last snapshot, never from Redis
+                started = time.monotonic()
+                assert served(gw) == "support-bot@1"
+                assert time.monotonic() - started < 2
+        deadline = time.monotonic() + 30
+        while (
+            again := push(gw, "support-bot", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "v4"}]})
+        ).status_code == 503:
+            assert time.monotonic() < deadline, "the prompt store never came back"
+            time.sleep(0.5)
+        # the timed-out push may have landed when Redis resumed (its command was already sent): the same
+        # content then answers its stored number
+        assert again.status_code in (200, 201) and again.json()["version"] == 4
+    finally:
+        gw.stop(timeout=10)
