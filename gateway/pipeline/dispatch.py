@@ -27,7 +27,7 @@ import orjson
 
 from gateway import tokens
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
-from gateway.pipeline.record import Record
+from gateway.pipeline.record import Record, Unanswered
 from gateway.pipeline.usage import estimate, load_encoding, prompt_tokens
 from gateway.pricing import cost_usd
 from gateway.providers.base import Deployment, Operation, Reply, StreamState, StreamTranslator, Usage
@@ -65,10 +65,10 @@ async def complete(
         raw = await response.read()
     except GatewayError as exc:
         if exc.error_type in SENT_UNANSWERED:
-            record.unanswered = (op, body, deployment)
+            record.unanswered = Unanswered(op, body, deployment)
         raise
     except asyncio.CancelledError:
-        record.unanswered = (op, body, deployment)
+        record.unanswered = Unanswered(op, body, deployment)
         raise
     finally:
         record.upstream_s += time.perf_counter() - started
@@ -98,10 +98,11 @@ async def charge_unanswered(record: Record) -> None:
     only note it (`Record.unanswered`), so retries do not wait for a count an answer would replace."""
     if record.unanswered is None or record.usage is not None:
         return
-    op, body, deployment = record.unanswered
+    sent, record.unanswered = record.unanswered, None
+    deployment = sent.deployment
     try:
         await load_encoding(deployment.model)
-        prompt = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(prompt_tokens, op, body, deployment.model)))
+        prompt = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(prompt_tokens, sent.op, sent.body, deployment.model)))
     except asyncio.CancelledError:  # shutting down: the record goes out as it is
         return
     settle(record, deployment, Usage(prompt, 0, estimated=True))
@@ -200,10 +201,10 @@ async def open_stream(
         await stream.open()
     except GatewayError as exc:
         if exc.error_type in SENT_UNANSWERED:
-            record.unanswered = (op, body, deployment)
+            record.unanswered = Unanswered(op, body, deployment)
         raise
     except asyncio.CancelledError:
-        record.unanswered = (op, body, deployment)
+        record.unanswered = Unanswered(op, body, deployment)
         raise
     finally:
         record.upstream_s += time.perf_counter() - started

@@ -22,6 +22,17 @@ class Attempt:
     server_address: str | None = None  # host:port of the real upstream
 
 
+class Unanswered:
+    """What an unanswered attempt's prompt is counted from. Deliberately not a dataclass: the trace
+    sink serializes a Record whole, and this must not carry the body or the deployment's credentials
+    there (orjson writes unknown types as null)."""
+
+    __slots__ = ("body", "deployment", "op")
+
+    def __init__(self, op: Operation, body: dict[str, Any], deployment: Deployment) -> None:
+        self.op, self.body, self.deployment = op, body, deployment
+
+
 @dataclass(slots=True)
 class Record:
     request_id: str
@@ -69,7 +80,7 @@ class Record:
     lease: Any = None  # what the request holds against its limits (pipeline/limit.py), settled when it is over
     # an attempt that was sent and never answered (timed out, dropped, cancelled): its prompt is charged
     # if the request ends without usage (pipeline/dispatch.py charge_unanswered)
-    unanswered: tuple[Operation, dict[str, Any], Deployment] | None = None
+    unanswered: Unanswered | None = None
 
     def mark_overhead(self, now: float) -> float:
         """The gateway's own time so far (total minus upstream) in ms, to 0.01: header and metric share it."""
