@@ -5,7 +5,10 @@ on a worker's request path waits for this process. Here a selector loop reads th
 bounded queues, one per sink: a store thread inserts into SQLite (the only writer of the file) and
 an export thread turns records into spans and posts them over OTLP/HTTP. A full queue drops its
 oldest records; every record and span ends up counted as written/exported or dropped (by reason),
-and those totals go back to every worker a few times a second for `/metrics`.
+and those totals go back to every worker a few times a second for `/metrics`. No record, however
+odd, costs more than itself: one whose content cannot be captured is stored (and exported) without
+it, a row SQLite refuses is retried alone, one of which nothing can be made is dropped and counted,
+and neither thread ever ends on an error.
 
 Shutdown is driven by the owner (the single worker, or the supervisor): it closes the writer's stdin
 after its workers have flushed and closed their connections. The writer then reads what is left,
@@ -331,15 +334,20 @@ class Writer:
 
     def _spans(self, entry: Any) -> list[bytes]:
         """The record's spans, encoded; without content when that fails; none (counted) when even that does."""
-        s = self.settings
-        for attempt in (entry, None):
-            try:
-                record = entry if attempt is not None else rows.without_content(entry)
-                return [span.encode() for span in spans.build(record, s.providers, s.max_captured_bytes)]
-            except Exception as exc:
-                self._odd("span not exported" if attempt is None else "span content not exported", entry, exc)
+        try:
+            return self._encoded(entry)
+        except Exception as exc:  # any odd value in any field: the spans go without what failed
+            self._odd("span content not exported", entry, exc)
+        try:
+            return self._encoded(rows.without_content(entry))
+        except Exception as exc:
+            self._odd("spans not exported", entry, exc)
         self.totals.spans_dropped["invalid_record"] += _spans_of(entry)
         return []
+
+    def _encoded(self, entry: Any) -> list[bytes]:
+        s = self.settings
+        return [span.encode() for span in spans.build(entry, s.providers, s.max_captured_bytes)]
 
     # intake --------------------------------------------------------------------------------
     def _frame(self, payload: bytes) -> None:
