@@ -128,15 +128,16 @@ def test_generated_bodies_get_an_answer_and_exactly_one_trace_row_each(gateway_f
     gw = gateway_factory(traces_config(fake.base_url, telemetry='capture_content = "metadata"'))
     sent: list[str] = []
     ids = itertools.count()
-    with httpx.Client(base_url=gw.base_url, headers={"authorization": f"Bearer {KEYS['alpha']}"}, timeout=30) as http:
+    with httpx.Client(base_url=gw.base_url, timeout=30) as http:
 
         @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-        @given(case=CASES)
-        def probe(case: tuple[str, bytes]) -> None:
+        @given(case=CASES, key=st.sampled_from([KEYS["alpha"], KEYS["alpha"], KEYS["beta"]]))  # beta may use demo-echo only
+        def probe(case: tuple[str, bytes], key: str) -> None:
             path, content = case
             request_id = f"fuzz-{next(ids)}"
             sent.append(request_id)
-            _check(http.post(path, content=content, headers={"content-type": "application/json", "x-request-id": request_id}))
+            headers = {"authorization": f"Bearer {key}", "content-type": "application/json", "x-request-id": request_id}
+            _check(http.post(path, content=content, headers=headers))
 
         probe()
         assert http.get(gw.url + "/healthz").status_code == 200
