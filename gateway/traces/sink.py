@@ -133,7 +133,7 @@ class TraceSink:
         """The batch's records encoded one at a time: one that fails is sent without its bodies
         (`degraded`), or not at all (`unencodable`) when even that fails; the writer counts both."""
         encoded: list[orjson.Fragment] = []
-        degraded = unencodable = 0
+        degraded = unencodable = unencodable_spans = 0
         for record in batch:
             try:
                 encoded.append(orjson.Fragment(orjson.dumps(record, default=_default)))
@@ -146,7 +146,8 @@ class TraceSink:
                 degraded += 1
             except orjson.JSONEncodeError:
                 unencodable += 1
-        return {"records": encoded, "degraded": degraded, "unencodable": unencodable}
+                unencodable_spans += spans.count(len(record.attempts), record.target) if self._exporting else 0
+        return {"records": encoded, "degraded": degraded, "unencodable": unencodable, "unencodable_spans": unencodable_spans}
 
     def _warn_odd(self, record: Record, exc: Exception) -> None:
         now = time.monotonic()

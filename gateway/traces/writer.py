@@ -357,6 +357,7 @@ class Writer:
         t.dropped["queue_full"] += message.get("dropped", 0)
         t.spans_dropped["queue_full"] += message.get("dropped_spans", 0)
         t.dropped["invalid_record"] += message.get("unencodable", 0)  # the worker could not send these at all
+        t.spans_dropped["invalid_record"] += message.get("unencodable_spans", 0)
         t.degraded["unencodable"] += message.get("degraded", 0)
         self.totals.received += len(entries)
         self.records.put_many(entries)
