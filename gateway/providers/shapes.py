@@ -143,6 +143,8 @@ def token_cap(body: dict[str, Any]) -> int | None:
 def choices(body: dict[str, Any], op: Operation) -> int:
     """How many answers the provider generates, and bills: `n` (Gemini's candidateCount), or for a
     completion `best_of` when larger (generated server-side, though only `n` are returned)."""
+    if op is Operation.EMBEDDINGS:
+        return 1
     count = _positive(body, "n") or 1
     if op is Operation.COMPLETION:
         count = max(count, _positive(body, "best_of") or 1)
