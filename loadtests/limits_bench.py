@@ -46,13 +46,13 @@ async def main(url: str) -> None:
     store = open_limits(f"{url}?prefix=bench-{uuid.uuid4().hex[:8]}:")
     assert isinstance(store, RedisLimits)
     await one(store, 0)  # scripts loaded, connection open
-    await store._redis.config_resetstat()
+    await store.connection.redis.config_resetstat()
     for n in (200, 2000):
         cpu = time.process_time()
         await asyncio.gather(*(one(store, i) for i in range(n)))
         await store.idle()
         print(f"burst of {n}: {(time.process_time() - cpu) / n * 1e6:.0f} us of worker CPU per request")
-    stats = (await store._redis.info("commandstats"))["cmdstat_evalsha"]
+    stats = (await store.connection.redis.info("commandstats"))["cmdstat_evalsha"]
     print(f"Redis: {stats['usec_per_call']:.1f} us per script call ({stats['calls']} calls: admissions and settlement batches)")
     latencies = []
     for i in range(2000):
