@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +35,7 @@ from gateway.prompts.store import (
 from tests.conftest import RedisServer
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.test_prompts import SUPPORT, push, served, start
+from tests.test_stores import paused
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -153,16 +152,6 @@ def test_the_deprecated_prefix_variable_still_applies_where_config_names_none(tm
     assert store_url(config(tmp_path, {"limits": f"{REDIS_URL}?prefix=team-a:"})) == f"{REDIS_URL}?prefix=legacy:"
     named = config(tmp_path, {"prompts": f"{REDIS_URL}?prefix=p:"})
     assert store_url(named) == f"{REDIS_URL}?prefix=p:"  # the config's own prefix wins
-
-
-@contextmanager
-def paused(server: RedisServer) -> Iterator[None]:
-    assert server.process is not None
-    os.kill(server.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
 
 
 async def test_a_paused_redis_bounds_pushes_and_the_service_keeps_its_last_state(tmp_path: Path, own_redis: RedisServer) -> None:
