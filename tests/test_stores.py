@@ -28,7 +28,7 @@ from gateway.limits.rules import Check
 from gateway.limits.store import MemoryLimits, RedisLimits
 from gateway.prompts.store import RedisStore as RedisPrompts
 from gateway.prompts.store import SQLiteStore
-from gateway.stores.redis import Batcher, Connection, split_prefix
+from gateway.stores.redis import Batcher, Connection, split_prefix, with_prefix
 from tests.conftest import RedisServer, need_redis
 
 SHARED = "redis://127.0.0.1:6379/12"
@@ -94,6 +94,8 @@ def test_an_unknown_scheme_names_the_choices_and_never_the_url() -> None:
 # -- prefix ---------------------------------------------------------------------------------------
 def test_the_prefix_comes_off_the_url_redis_py_sees() -> None:
     assert split_prefix("redis://h:6379/3?prefix=team-a:&ssl_cert_reqs=none") == ("redis://h:6379/3?ssl_cert_reqs=none", "team-a:")
+    assert with_prefix("redis://h:6379/3?ssl_cert_reqs=none", "a&b:") == "redis://h:6379/3?ssl_cert_reqs=none&prefix=a%26b:"
+    assert split_prefix(with_prefix("redis://h:6379/3", "a&b:")) == ("redis://h:6379/3", "a&b:")
     assert connection("redis://127.0.0.1:6379/0").prefix == "default:"
     conn = connection("rediss://127.0.0.1:6379/0?prefix=p:")
     assert conn.prefix == "p:" and "prefix" not in str(conn.redis.connection_pool.connection_kwargs)

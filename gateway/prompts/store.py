@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from gateway.breaker import Breaker
 from gateway.config import Config
 from gateway.stores import Options, open_backend, scheme
-from gateway.stores.redis import Connection, split_prefix
+from gateway.stores.redis import Connection, split_prefix, with_prefix
 
 log = logging.getLogger("gateway.prompts")
 POLL_S = 0.5
@@ -107,7 +107,7 @@ def store_url(config: Config) -> str:
     if legacy and (state.prompts is None or prefix is None):
         log.warning('%s is deprecated: set the prefix in [state] prompts = "redis://...?prefix=..."', REDIS_PREFIX_ENV)
         prefix = legacy
-    return f"{rest}{'&' if '?' in rest else '?'}prefix={prefix}" if prefix else rest
+    return with_prefix(rest, prefix)
 
 
 def _following(limits: str) -> str:
@@ -115,7 +115,7 @@ def _following(limits: str) -> str:
     if scheme(limits) not in ("redis", "rediss"):
         return "sqlite"
     rest, prefix = split_prefix(limits)
-    return f"{rest}{'&' if '?' in rest else '?'}prefix={prefix}prompts:" if prefix else rest
+    return with_prefix(rest, prefix and prefix + "prompts:")
 
 
 def open_sqlite(url: str, options: Options) -> PromptStore:

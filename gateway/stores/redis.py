@@ -38,6 +38,15 @@ def split_prefix(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=urlencode(query, doseq=True))), prefix
 
 
+def with_prefix(url: str, prefix: str | None) -> str:
+    """The URL with `?prefix=` set to this prefix (unchanged for None): `split_prefix`'s inverse."""
+    if prefix is None:
+        return url
+    parts = urlsplit(url)
+    query = parse_qs(parts.query) | {"prefix": [prefix]}
+    return urlunsplit(parts._replace(query=urlencode(query, doseq=True, safe=":")))
+
+
 class Connection:
     """A client, its key prefix, its per-call timeout and its breaker (named for the logs and errors)."""
 
