@@ -181,6 +181,8 @@ class RedisLimits:
         return results
 
     def settle(self, settlements: list[Settlement]) -> None:
+        # Not the Batcher: nobody awaits a settlement, and a failed one is kept and sent again
+        # rather than failed, so this lane is its own loop around the connection's guarded call.
         now = time.monotonic()
         self._pending.extend((now, s) for s in settlements)
         if self._settler is None or self._settler.done():
