@@ -255,8 +255,8 @@ _FLAGS = ((re.IGNORECASE, regex.IGNORECASE), (re.ASCII, regex.ASCII), (re.DOTALL
 
 class _Unlocked:
     """A pattern compiled by `regex`, matching with the GIL released: the part of `re.Pattern`'s API
-    this module uses. The patterns here are written in the syntax both engines share, and the
-    guardrail tests run through both (tests/test_guardrails.py)."""
+    this module uses. The patterns here are written in the syntax both engines share, and a property
+    test holds the two engines to the same verdicts, replacements and counts (tests/test_big_bodies.py)."""
 
     __slots__ = ("_compiled", "pattern")
 
@@ -283,9 +283,11 @@ def _unlocked(pattern: re.Pattern[str]) -> re.Pattern[str]:
 
 def _twin(redaction: _Redaction, twins: dict[int, re.Pattern[str]]) -> _Redaction:
     """`redaction` in the `regex` engine; a hint shared by several redactions stays shared."""
-    pattern = twins.setdefault(id(redaction.pattern), _unlocked(redaction.pattern))
-    hint = None if redaction.hint is None else twins.setdefault(id(redaction.hint), _unlocked(redaction.hint))
-    return dataclasses.replace(redaction, pattern=pattern, hint=hint)
+    for pattern in (redaction.pattern, redaction.hint):
+        if pattern is not None and id(pattern) not in twins:
+            twins[id(pattern)] = _unlocked(pattern)
+    hint = None if redaction.hint is None else twins[id(redaction.hint)]
+    return dataclasses.replace(redaction, pattern=twins[id(redaction.pattern)], hint=hint)
 
 
 _TWINS: dict[int, re.Pattern[str]] = {}

@@ -104,7 +104,7 @@ def _cut(text: str, start: int) -> int:
             break
         if not text[at - 1].isspace():
             return at
-        at = text.rfind(" ", low, at - 1)
+        at = text.rfind(" ", low, at)
     return end
 
 
@@ -126,11 +126,11 @@ def fits_on_loop(value: Any) -> bool:
                 return False
             pending.extend(item)
         elif isinstance(item, dict):
-            pending.extend(v for k, v in item.items() if k in _COUNTED)
+            pending.extend(item.get(key) for key in _COUNTED)
     return chars <= ON_LOOP_CHARS
 
 
-_COUNTED = frozenset({"content", "text", "role", "name"})  # the fields of messages and parts that are counted
+_COUNTED = ("content", "text", "role", "name")  # the fields of messages and parts that are counted
 
 
 def _content_text(content: Any) -> str:
