@@ -8,16 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import logging
-import os
-import random
-import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -28,29 +21,23 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.cache.store import open_store
-from gateway.catalog import Catalog, ModelRoute, build_catalog
-from gateway.config import Config, ConfigError, load
-from gateway.config.load import BUILTIN
-from gateway.config.policies import PolicySet, Principal, load_policies
-from gateway.config.watch import signature
-from gateway.errors import BadRequest, GatewayError, NotFound, PermissionDenied, Unavailable
+from gateway.catalog import Catalog, build_catalog
+from gateway.config import Config, holder
+from gateway.config.policies import PolicySet
+from gateway.errors import GatewayError, NotFound, Unavailable
 from gateway.limits.store import open_limits
 from gateway.metrics import Metrics
-from gateway.pipeline import dispatch
-from gateway.pipeline.auth import AdminScope, authenticate, authenticate_admin, require_tools
-from gateway.pipeline.body import parse_json, read_body, validate
+from gateway.pipeline.auth import AdminScope, authenticate, authenticate_admin
+from gateway.pipeline.finish import Finish
 from gateway.pipeline.limit import Limiter
-from gateway.pipeline.record import Record
+from gateway.pipeline.record import request_id
 from gateway.pipeline.reuse import Reuse
-from gateway.pipeline.route import Attempts, pick_model
+from gateway.pipeline.route import Attempts
+from gateway.pipeline.run import Journey
 from gateway.prompts.admin import PromptAdmin
-from gateway.prompts.resolve import apply as apply_prompt
-from gateway.prompts.resolve import referenced
 from gateway.prompts.service import PromptService
-from gateway.providers.base import Operation, Reply, StreamState
+from gateway.providers.base import Operation
 from gateway.routing import RetryBudget
-from gateway.streaming import JSONAnswer, SSEResponse
-from gateway.traces import context as tracecontext
 from gateway.traces.admin import TraceAdmin
 from gateway.traces.sink import TraceSink
 from gateway.traces.writer import WriterProcess, settings_from
@@ -58,42 +45,14 @@ from gateway.upstream import Pool
 
 log = logging.getLogger("gateway")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 JSON = "application/json"
-POLL_S = 1.0  # edits to the config file and policies/ take effect within about this long
-RESTART_SECTIONS = ("server", "state", "telemetry", "prompts")  # read once, at start
-
-
-def request_id(headers: Mapping[str, str]) -> str:
-    """The client's `x-request-id` if it is sensible, else a new one: 32 hex digits, the first 12 the
-    time in ms (as in a UUIDv7), the rest random. Ids made here sort by time, so the trace store's
-    `request_id` index grows at its end; random ids dirtied a random index page per row, the largest
-    share of an insert once the store holds rows (loadtests/RESULTS.md)."""
-    given = headers.get("x-request-id")
-    return given if given and _REQUEST_ID.match(given) else f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
-
-
-def header_dict(request: Request) -> dict[str, str]:
-    """The request's headers as a plain dict, built once: Starlette's `Headers` scans and decodes the
-    raw list on every lookup (and raises KeyError inside `get` for each absent one), and a proxied
-    request looks up about eight, most of them absent. ASGI header names are already lower-case."""
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
 
 
 def error_response(exc: GatewayError, rid: str) -> Response:
     return Response(exc.json(), exc.status, headers={"x-request-id": rid, **exc.headers()}, media_type=JSON)
 
 
-@dataclass(frozen=True, slots=True)
-class Live:
-    """Everything a reload replaces, swapped in as one object: a request reads `Gateway.live` once,
-    so it runs wholly on the old config and policies or wholly on the new ones, never a mix."""
-
-    config: Config
-    catalog: Catalog
-    policies: PolicySet
-    attempts: Attempts
-    reuse: Reuse
+Live = holder.Live[Attempts, Reuse]
 
 
 class Gateway:
@@ -101,18 +60,14 @@ class Gateway:
         self.config = config  # as started: [server], [state] and [telemetry] take effect at a restart
         self.trace_settings = settings_from(config)
         self.capture = config.file.telemetry.capture_content
-        self.trace_admin = TraceAdmin(self.trace_settings.db_path)
+        self.trace_admin = TraceAdmin(self.trace_settings.store_url)
         self.traces: TraceSink | None = None
         self._gauges: asyncio.Task[None] | None = None
         self._policy_watch: asyncio.Task[None] | None = None
         self._trace_writer = trace_writer  # the supervisor's writer, with --workers N; else this process starts one
         self._writer: WriterProcess | None = None
         self.pool = Pool(config.file.server.upstream_max_connections)
-        catalog = build_catalog(config, self.pool)
-        policies = load_policies(config)
-        self.reload_error: str | None = None
-        self._reloading = asyncio.Lock()  # the watcher's and /admin/reload's reloads, one at a time
-        self.metrics = Metrics(frozenset(catalog.models))
+        self.metrics = Metrics(frozenset())  # its model names are set by `_serving`, for each catalog
         state = config.file.state
         up = self.metrics.limits_backend_up
         limits = open_limits(state.limits, state.limits_timeout_ms / 1000, lambda ok: up.set(1 if ok else 0))
@@ -122,11 +77,22 @@ class Gateway:
         self.max_in_flight = config.file.server.max_in_flight
         self.keepalive_s = config.file.server.sse_keepalive_s
         self.budget = RetryBudget()
-        attempts = Attempts(catalog, self.budget)
         self.cache_store = open_store(config.file.state.cache)
-        self.live = Live(config, catalog, policies, attempts, Reuse(config, self.cache_store, self.metrics, attempts))
+        self.holder = holder.ConfigHolder(config, lambda c: build_catalog(c, self.pool), self._serving)
         self.prompts = PromptService(config)
         self.prompt_admin = PromptAdmin(self.prompts, lambda: self.live.policies, self.max_body)
+        self.finish = Finish(self.budget, self.limiter, self.metrics)
+        self.journey = Journey(self.holder, self.prompts, self.limiter, self.finish, config)  # the request path: pipeline/run.py
+
+    def _serving(self, config: Config, catalog: Catalog) -> tuple[Attempts, Reuse]:
+        """What the request path builds for each catalog (at start and when a reload changes it)."""
+        self.metrics.models = frozenset(catalog.models)
+        attempts = Attempts(catalog, self.budget)
+        return attempts, Reuse(config, self.cache_store, self.metrics, attempts)
+
+    @property
+    def live(self) -> Live:
+        return self.holder.live
 
     @property
     def policies(self) -> PolicySet:
@@ -155,7 +121,7 @@ class Gateway:
         # re-scanned by older generations
         gc.set_threshold(20_000, 20, 20)
         self._gauges = asyncio.get_running_loop().create_task(self._refresh_gauges())
-        self._policy_watch = asyncio.get_running_loop().create_task(self._watch())
+        self._policy_watch = asyncio.get_running_loop().create_task(self.holder.watch())
         if not self.limiter.store.shared and self.config.file.server.workers > 1:
             log.warning("limits are counted per worker process ([state] limits = memory): use redis:// to share them")
         if self.policies.open is not None:
@@ -181,7 +147,7 @@ class Gateway:
         if self._trace_writer is None:
             self._writer = WriterProcess(settings)
         address = self._trace_writer or self._writer.address  # type: ignore[union-attr]
-        self.traces = TraceSink(address, settings.queue_size, bool(settings.otlp_endpoint))
+        self.traces = self.finish.traces = TraceSink(address, settings.queue_size, bool(settings.otlp_endpoint))
         await self.traces.open()
         self.metrics.trace_totals = self._trace_totals
 
@@ -196,168 +162,15 @@ class Gateway:
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.stop, self.trace_settings.drain_timeout_s)
 
-    # stages ----------------------------------------------------------------------------------
-    def _admit(self, principal: Principal, model: str, catalog: Catalog) -> ModelRoute:
-        route = catalog.models.get(model)
-        if route is None:
-            raise NotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model", code="model_not_found")
-        if model not in principal.models:
-            raise PermissionDenied(f"This key may not use the model `{model}`.", param="model", code="model_not_allowed")
-        return route.within(principal.models)  # rules and fallbacks to models the team may not use are cut
-
-    def _apply_prompt(self, body: dict[str, Any], principal: Principal, op: Operation, record: Record) -> dict[str, Any]:
-        body, resolved = apply_prompt(body, self.prompts.registry, principal.prompts, op)
-        version = resolved.version
-        record.prompt_id, record.prompt_version, record.prompt_label, record.prompt_hash = (
-            resolved.prompt_id,
-            version.number,
-            resolved.label,
-            version.hash,
-        )
-        return body
-
-    def _headers(self, rid: str, record: Record) -> dict[str, str]:
-        headers = {
-            "x-request-id": rid,
-            "x-gateway-target": record.target or "",
-            "x-gateway-cache": "bypass",
-            "x-gateway-overhead-ms": f"{record.mark_overhead(time.perf_counter()):.2f}",
-        }
-        if record.prompt_id is not None:
-            headers["x-gateway-prompt"] = f"{record.prompt_id}@{record.prompt_version}"
-        if record.redacted:
-            headers["x-gateway-redacted"] = ",".join(f"{kind}={n}" for kind, n in sorted(record.redacted.items()))
-        return headers
-
-    def _finish(self, record: Record) -> None:
-        self.budget.requests -= 1
-        record.close()
-        if record.lease is not None:
-            self.limiter.settle(record.lease, record)
-            record.lease = None
-        self.metrics.observe(record)
-        if self.traces is not None:
-            self.traces.put(record)
-        if record.status >= 500:
-            log.warning("request %s failed: %s %s (target %s)", record.request_id, record.status, record.error_type, record.target)
-
-    def _begin(self, headers: Mapping[str, str], op: Operation, t0: float) -> Record:
-        record = Record(request_id(headers), op.value, time.time(), t0)
-        tracecontext.start(record, headers.get("traceparent"))
-        return record
-
-    def _answered(self, record: Record, reply: Reply, content: bytes) -> None:
-        record.response_id, record.response_model = reply.data.get("id"), reply.data.get("model")
-        if record.capture == "full":
-            record.response_json = content.decode()
-
-    def _stream_done(self, record: Record, state: StreamState) -> None:
-        record.response_id, record.response_model = state.response_id, state.response_model
-        if record.capture == "full":
-            record.response_text = state.text
-        self._finish(record)
-
-    async def _admission(
-        self, request: Request, headers: Mapping[str, str], op: Operation, record: Record, live: Live
-    ) -> tuple[Principal, dict[str, Any], ModelRoute]:
-        """Auth, body, prompt, permissions and routing rules: who asks for what, served by which model."""
-        policies = live.policies
-        principal = authenticate(headers, policies)
-        record.key_name, record.team, record.policy_version = principal.key_name, principal.team, policies.version
-        record.capture = principal.capture or self.capture
-        raw = await read_body(request, self.max_body, headers.get("content-length"))
-        body = parse_json(raw)
-        as_sent = True  # is the body still the client's (for the trace to keep its text)?
-        if referenced(body):
-            body = self._apply_prompt(body, principal, op, record)
-            as_sent = False
-        record.model = validate(body, op.value)
-        if principal.tools is not None and body.get("tools"):
-            require_tools(body["tools"], principal.tools)
-        guard = principal.guard
-        if guard is not None:  # deny rules, then redaction: before the body is cached, traced or sent
-            record.redacted = await guard.screen_async(body, len(raw)) or None
-            as_sent = as_sent and record.redacted is None
-        record.request_body = body
-        if as_sent and record.capture == "full":
-            record.request_json = raw.decode()
-        route = self._admit(principal, record.model, live.catalog)
-        if guard is not None and guard.max_request_tokens is not None:
-            counted = await self.limiter.count(op, body, route)
-            if counted > guard.max_request_tokens:
-                raise BadRequest(
-                    f"The request has {counted} prompt tokens, over this key's guardrail cap of {guard.max_request_tokens} "
-                    "(max_request_tokens).",
-                    param="messages" if op is Operation.CHAT else "prompt" if op is Operation.COMPLETION else "input",
-                    code="request_tokens_exceeded",
-                )
-        if route.rules:
-            route, record.route_rule = pick_model(live.catalog, route, body, headers.get("x-gateway-route-tag"), principal.models)
-        return principal, body, route
-
-    async def proxy(self, request: Request, op: Operation) -> Response:
-        t0 = time.perf_counter()
-        live = self.live  # read once: a reload mid-request cannot mix two configs or policy sets
-        headers = header_dict(request)
-        record = self._begin(headers, op, t0)
-        rid = record.request_id
-        streaming = False
-        self.budget.requests += 1
-        try:
-            if self.budget.requests > self.max_in_flight:
-                raise Unavailable("The gateway is at capacity; retry shortly.", code="overloaded", retry_after=1)
-            principal, body, route = await self._admission(request, headers, op, record, live)
-            if principal.quota is not None:
-                record.lease = await self.limiter.admit(principal, op, body, route, live.catalog)
-            if op is Operation.EMBEDDINGS or route.name in live.reuse.cached:  # cache, coalescing, batching
-                reused = await live.reuse.serve(
-                    headers, principal, op, body, route, record, lambda: self._headers(rid, record), lambda: self._finish(record)
-                )
-                if reused is not None:
-                    streaming = isinstance(reused, SSEResponse)
-                    return reused
-            if body.get("stream"):
-                if op is Operation.EMBEDDINGS:
-                    raise BadRequest("Embeddings cannot be streamed.", param="stream")
-                record.stream = True
-                deployment, stream = await live.attempts.serve(op, body, route, record, streaming=True)
-                stream.deadline = t0 + route.deadline_s
-                record.ttft_s = time.perf_counter() - t0
-                closing = dispatch.closing_usage(op, body, deployment, record)
-                charge = dispatch.charge_consumed(op, body, deployment, record)
-                headers = self._headers(rid, record)
-                streaming = True
-                relay = stream.relay(closing, lambda: self._stream_done(record, stream.state), charge)
-                return SSEResponse(relay, headers, self.keepalive_s, on_stalled=record.mark_stalled)
-            deployment, (content, reply) = await live.attempts.serve(op, body, route, record, streaming=False)
-            self._answered(record, reply, content)
-            headers = self._headers(rid, record)
-            if reply.usage is not None and reply.usage.estimated:
-                headers["x-gateway-usage"] = "estimated"
-            if record.priced:
-                headers["x-gateway-cost-usd"] = f"{record.cost_usd:.10f}"
-            return JSONAnswer(content, headers)
-        except GatewayError as exc:
-            record.status, record.error_type = exc.status, exc.error_type
-            response = error_response(exc, rid)
-            if record.prompt_id is not None:
-                response.headers["x-gateway-prompt"] = f"{record.prompt_id}@{record.prompt_version}"
-            return response
-        finally:
-            if not streaming:
-                if record.unanswered is not None:  # sent, never answered: the provider bills the prompt
-                    await dispatch.charge_unanswered(record)
-                self._finish(record)
-
     # endpoints -------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
-        return await self.proxy(request, Operation.CHAT)
+        return await self.journey.run(request, Operation.CHAT)
 
     async def completions(self, request: Request) -> Response:
-        return await self.proxy(request, Operation.COMPLETION)
+        return await self.journey.run(request, Operation.COMPLETION)
 
     async def embeddings(self, request: Request) -> Response:
-        return await self.proxy(request, Operation.EMBEDDINGS)
+        return await self.journey.run(request, Operation.EMBEDDINGS)
 
     async def models(self, request: Request) -> Response:
         rid = request_id(request.headers)
@@ -415,87 +228,11 @@ class Gateway:
             return error_response(exc, rid)
 
     async def _policy_status(self) -> dict[str, Any]:
-        live = self.live
-        p = live.policies
-        return {
-            "version": p.version,
-            "files": list(p.files),
-            "open_mode": p.open is not None,
-            "config": live.config.hash,
-            "last_error": self.reload_error,
-        }
+        return self.holder.status()
 
     async def _reload(self) -> dict[str, Any]:
-        await self.reload()
-        return await self._policy_status()
-
-    async def reload(self) -> None:
-        """Validate the config file and the whole policy directory (off the event loop) and swap in
-        the result as one `Live`. On any problem (a policy set without a key included, unless open
-        mode) the last good config and policies stay, and the error is logged and shown by
-        /admin/policies. Reloads run one at a time and read the files only once they hold the lock,
-        so a slow one can never swap in a snapshot older than what a quicker one already applied."""
-        async with self._reloading:
-            await self._reload_now()
-
-    async def _reload_now(self) -> None:
-        old = self.live
-        try:
-            config, catalog, policies = await asyncio.to_thread(self._load, old.config)
-        except ConfigError as exc:
-            self.reload_error = str(exc)
-            log.error("reload rejected, keeping config %s and policies %s:\n%s", old.config.hash, old.policies.version, exc)
-            return
-        self.reload_error = None
-        if catalog is None:
-            if policies.version == old.policies.version:
-                return
-            self.live = dataclasses.replace(old, policies=policies)
-        else:
-            attempts = Attempts(catalog, self.budget)
-            self.live = Live(config, catalog, policies, attempts, Reuse(config, self.cache_store, self.metrics, attempts))
-            self.metrics.models = frozenset(catalog.models)
-            log.warning("config reloaded: %s -> %s", old.config.hash, config.hash)
-        if policies.version != old.policies.version:
-            log.warning("policies reloaded: version %s -> %s (%s)", old.policies.version, policies.version, ", ".join(policies.files))
-        if (policies.open is None) != (old.policies.open is None):
-            state = ("ON", "true") if policies.open is not None else ("off", "false")
-            log.warning("OPEN MODE is now %s ([policies] open = %s)", *state)
-
-    def _load(self, current: Config) -> tuple[Config, Catalog | None, PolicySet]:
-        """The config file as it is now (if it changed: with its catalog) and the policies against it."""
-        config, catalog = current, None
-        if current.source != BUILTIN:
-            fresh = load(Path(current.source))
-            if fresh.hash != current.hash:
-                config, catalog = fresh, build_catalog(fresh, self.pool)
-                started = self.config.file
-                for section in RESTART_SECTIONS:
-                    if getattr(fresh.file, section) != getattr(started, section):
-                        log.warning("config [%s] changed: it takes effect at the next restart", section)
-        return config, catalog, load_policies(config)
-
-    def _watched(self) -> tuple[object, ...]:
-        config = self.live.config
-        stamp = None
-        if config.source != BUILTIN:
-            with contextlib.suppress(OSError):
-                st = os.stat(config.source)
-                stamp = (st.st_mtime_ns, st.st_size)
-        return stamp, signature(config.path(config.file.policies.dir))
-
-    async def _watch(self) -> None:
-        """Poll the config file and the policy directory; reload when either changed."""
-        seen = await asyncio.to_thread(self._watched)
-        while True:
-            await asyncio.sleep(POLL_S)
-            current = await asyncio.to_thread(self._watched)
-            if current != seen:
-                seen = current
-                try:
-                    await self.reload()
-                except Exception:  # whatever went wrong, the watcher lives on and the last good set stays
-                    log.exception("reload failed, keeping config %s and policies %s", self.live.config.hash, self.policies.version)
+        await self.holder.reload()
+        return self.holder.status()
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
