@@ -11,6 +11,17 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
+
+from gateway.config.schema import (
+    BatchSection,
+    ConfigFile,
+    ModelSection,
+    Price,
+    ProviderSection,
+    RuleSection,
+    TargetSection,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -67,6 +78,36 @@ def test_readme_is_a_front_page() -> None:
     assert len(text.encode()) < FRONT_PAGE_MAX_BYTES
     for part in ("./dev serve", "./dev test", "from openai import OpenAI", "## Map of the code"):
         assert part in text
+
+
+def _config_rows() -> list[str]:
+    text = (ROOT / "docs" / "config.md").read_text()
+    return [line for line in text.splitlines() if line.startswith("| `")]
+
+
+def _undocumented(model: type[BaseModel], row_start: str, rows: list[str]) -> list[str]:
+    """Fields of `model` named in no config-table row whose key column starts with `row_start`."""
+    mine = [row for row in rows if row.startswith(f"| `{row_start}")]
+    dot = "" if row_start.endswith(".") else "."
+    named = [name for name in model.model_fields if any(re.search(rf"\b{name}\b", row) for row in mine)]
+    return [f"{row_start}{dot}{name}" for name in model.model_fields if name not in named]
+
+
+def test_config_table_names_every_config_key() -> None:
+    # docs/config.md is the full table: a key added to the schema without a row fails here.
+    rows = _config_rows()
+    missing: list[str] = []
+    for name, field in ConfigFile.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):  # not providers, models: tables of NAME
+            missing += _undocumented(section, f"{name}.", rows)
+    missing += _undocumented(ProviderSection, "providers.NAME.", rows)
+    missing += _undocumented(ModelSection, 'models."NAME".', rows)
+    missing += _undocumented(TargetSection, 'models."NAME".targets', rows)
+    missing += _undocumented(RuleSection, 'models."NAME".rules', rows)
+    missing += _undocumented(BatchSection, 'models."NAME".batch', rows)
+    missing += _undocumented(Price, "price", rows)
+    assert missing == []
 
 
 def test_a_broken_link_is_reported(tmp_path: Path) -> None:
