@@ -83,7 +83,7 @@ class Gateway:
         self.config = config  # as started: [server], [state] and [telemetry] take effect at a restart
         self.trace_settings = settings_from(config)
         self.capture = config.file.telemetry.capture_content
-        self.trace_admin = TraceAdmin(self.trace_settings.db_path)
+        self.trace_admin = TraceAdmin(self.trace_settings.store_url)
         self.traces: TraceSink | None = None
         self._gauges: asyncio.Task[None] | None = None
         self._policy_watch: asyncio.Task[None] | None = None

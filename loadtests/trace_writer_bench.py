@@ -7,7 +7,7 @@ times what the writer does with them, stage by stage:
 
   decode   orjson.loads of the frames
   rows     record -> SQLite row (content capture, redaction)
-  insert   store.insert into a WAL database on disk (empty, or a copy of one holding `--preload`
+  insert   insert_batch into a WAL SQLite database on disk (empty, or a copy of one holding `--preload`
            rows), in batches of the store's size
   store    decode + rows + insert: the writer's per-record cost without OTLP
   spans    record -> spans -> one OTLP protobuf export request per batch (the export thread's CPU)
@@ -141,29 +141,29 @@ def main() -> None:
         holder: list[Any] = []
 
         base = Path(tmp) / "base.db"
-        conn = store.connect(base)
-        store.migrate(conn)
+        traces = store.open_store(f"sqlite:///{base}")
+        traces.migrate()
         rng = random.Random(1)
         flat = [r for batch in built for r in batch]
         for start in range(0, args.preload, n):  # with random request ids, as the gateway makes them
-            store.insert(conn, [(f"{rng.getrandbits(128):032x}", *r[1:]) for r in flat[: args.preload - start]])
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.close()
+            traces.insert_batch([(f"{rng.getrandbits(128):032x}", *r[1:]) for r in flat[: args.preload - start]])
+        traces.close()  # the last connection to close checkpoints the WAL into the file
 
         def fresh() -> None:
-            for conn in holder:
-                conn.close()
+            for opened in holder:
+                opened.close()
             path = Path(tmp) / f"t{len(holder)}.db"
             shutil.copy(base, path)
-            holder.append(store.connect(path))
+            holder.append(store.open_store(f"sqlite:///{path}"))
+            holder[-1].migrate()
 
         def insert() -> None:
             for batch in built:
-                store.insert(holder[-1], batch)
+                holder[-1].insert_batch(batch)
 
         def store_path() -> None:
             for batch in batches(decode(payloads), writer.STORE_BATCH):
-                store.insert(holder[-1], [rows.row(e, MAX_BYTES) for e in batch])
+                holder[-1].insert_batch([rows.row(e, MAX_BYTES) for e in batch])
 
         results = {
             "decode": timed(lambda: decode(payloads), n, args.runs),
@@ -172,8 +172,8 @@ def main() -> None:
             "store": timed(store_path, n, args.runs, fresh),
             "spans": timed(lambda: encode_spans(entries), n, args.runs),
         }
-        for conn in holder:
-            conn.close()
+        for opened in holder:
+            opened.close()
     print(f"gateway from {Path(rows.__file__).parent.parent}")
     print(f"{n} records, capture={args.capture}, {len(payloads[0]) // args.frame} bytes/record on the wire, median of {args.runs} runs")
     for stage, us in results.items():

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gateway.traces import capture, context, otlp, spans, store, writer
+from gateway.traces import capture, context, otlp, spans, writer
 from gateway.traces.cli import dataset_row, sample
 from tests.conftest import DEFAULT_POLICY, KEYS, UPSTREAM_KEY, GatewayFactory, GatewayProcess, free_port, sha
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
@@ -126,47 +126,6 @@ def test_redaction_and_truncation() -> None:
     big = capture.to_json({"messages": [{"role": "user", "content": "x" * 5000}]}, 1000)
     marker = orjson.loads(big)  # still valid JSON
     assert marker["truncated"] is True and marker["bytes"] > 5000 and "[truncated" in marker["text"] and len(big) < 1200
-
-
-def _entry(i: int, started_at: float) -> tuple[Any, ...]:
-    from gateway.traces.rows import row
-
-    return row(
-        {
-            "request_id": f"r{i}",
-            "trace_id": "a" * 32,
-            "span_id": "b" * 16,
-            "started_at": started_at,
-            "duration_s": 0.01,
-            "operation": "chat",
-            "status": 200,
-            "model": "m",
-        },
-        1000,
-    )
-
-
-def test_schema_migrates_forward_and_refuses_a_newer_store(tmp_path: Path) -> None:
-    conn = store.connect(tmp_path / "t.db")
-    assert store.migrate(conn) == 0
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(store.MIGRATIONS)
-    store.insert(conn, [_entry(1, time.time())])
-    later = (*store.MIGRATIONS, "ALTER TABLE traces ADD COLUMN score REAL; CREATE INDEX traces_score ON traces (score)")
-    assert store.migrate(conn, later) == len(store.MIGRATIONS)
-    assert conn.execute("SELECT request_id, score FROM traces").fetchall() == [("r1", None)]
-    assert store.migrate(conn, later) == len(later)  # idempotent
-    with pytest.raises(store.StoreError, match="newer"):
-        store.migrate(conn, store.MIGRATIONS)
-
-
-def test_retention_by_age_and_row_count(tmp_path: Path) -> None:
-    conn = store.connect(tmp_path / "t.db")
-    store.migrate(conn)
-    now = time.time()
-    store.insert(conn, [_entry(i, now - 40 * 86400) for i in range(3)] + [_entry(i, now - i) for i in range(3, 20)])
-    assert store.prune(conn, retention_days=30, max_rows=10, now=now) == 10
-    kept = [r[0] for r in conn.execute("SELECT request_id FROM traces ORDER BY seq")]
-    assert kept == [f"r{i}" for i in range(10, 20)]
 
 
 def test_sample_is_uniform_reproducible_and_in_order() -> None:
@@ -608,7 +567,7 @@ def test_a_writer_that_dies_is_replaced_and_records_flow_again(gateway_factory: 
 
 def _writer(tmp_path: Path, otlp: str = "") -> writer.WriterProcess:
     settings = writer.Settings(
-        db_path=tmp_path / "traces.db",
+        store_url=f"sqlite:///{tmp_path}/traces.db",
         otlp_endpoint=otlp,
         service_name="test",
         queue_size=1000,

@@ -32,6 +32,9 @@ BACKENDS: dict[str, dict[str, str]] = {
         "redis": "gateway.prompts.store:open_redis",
         "rediss": "gateway.prompts.store:open_redis",
     },
+    "traces": {
+        "sqlite": "gateway.traces.sqlite:open_sqlite",
+    },
 }
 
 _SCHEME = re.compile(r"([a-z][a-z0-9+.-]*)(?::|\?|$)")

@@ -1,4 +1,5 @@
-"""`GET /admin/traces` and `GET /admin/traces/{request_id}`: the trace store, read in a thread.
+"""`GET /admin/traces` and `GET /admin/traces/{request_id}`: the trace store (`store.TraceStore`),
+read in a thread.
 
 The list pages by `cursor` (the `next_cursor` of the previous page), newest first, or oldest first
 with `order=asc` (how `gateway traces export --url` reads a whole range in time order). A team
@@ -8,17 +9,15 @@ admin's calls are confined to its team's rows: the team filter is forced, never 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import sqlite3
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from gateway.errors import BadRequest, NotFound
 from gateway.traces import store
 
 MAX_LIMIT = 1000
+T = TypeVar("T")
 
 
 def filters_from(query: Mapping[str, str]) -> store.Filters:
@@ -33,7 +32,6 @@ def filters_from(query: Mapping[str, str]) -> store.Filters:
             prompt=query.get("prompt") or None,
             cache=query.get("cache") or None,
         )
-        filters.where()  # validates status
     except ValueError as exc:
         raise BadRequest(str(exc), code="invalid_filter") from None
     return filters
@@ -49,21 +47,15 @@ def _int(query: Mapping[str, str], name: str, default: int | None) -> int | None
 
 
 class TraceAdmin:
-    def __init__(self, db_path: Path) -> None:
-        self.db_path = db_path
+    def __init__(self, store_url: str) -> None:
+        self.store = store.open_store(store_url)
 
-    def _read(self, action: Any) -> Any:
+    async def _read(self, action: Callable[[store.TraceStore], T]) -> T | None:
+        """The action's answer, read off the event loop; None while nothing has been recorded."""
         try:
-            conn = store.connect(self.db_path, readonly=True)
-        except store.StoreError:
-            return None  # nothing recorded yet
-        with contextlib.closing(conn):
-            try:
-                return action(conn)
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):
-                    return None
-                raise
+            return await asyncio.to_thread(action, self.store)
+        except store.NoStore:
+            return None
 
     async def list(self, query: Mapping[str, str], team: str | None = None) -> dict[str, Any]:
         """A page of rows; a team admin's (`team`) only ever of its own team, whatever it filters by."""
@@ -78,7 +70,7 @@ class TraceAdmin:
         if order not in ("asc", "desc"):
             raise BadRequest("`order` must be `desc` (newest first) or `asc` (oldest first).", param="order", code="invalid_value")
         ascending = order == "asc"
-        found = await asyncio.to_thread(self._read, lambda conn: store.page(conn, filters, limit, cursor, ascending))
+        found = await self._read(lambda traces: traces.page(filters, limit, cursor, ascending))
         data, next_cursor = found if found is not None else ([], None)
         return {"object": "list", "data": data, "next_cursor": str(next_cursor) if next_cursor is not None else None}
 
@@ -89,8 +81,7 @@ class TraceAdmin:
         if team is not None and wanted not in (None, team):
             found = None
         else:
-            found = await asyncio.to_thread(self._read, lambda conn: store.get(conn, request_id, team or wanted))
+            found = await self._read(lambda traces: traces.get(request_id, team or wanted))
         if found is None:
             raise NotFound(f"No trace for request `{request_id}` (records are written within about a second).", code="trace_not_found")
-        result: dict[str, Any] = found
-        return result
+        return found

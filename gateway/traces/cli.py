@@ -1,7 +1,7 @@
 """`gateway traces export` and `gateway traces tail`: the trace store, read while the gateway runs.
 
-Both open the SQLite file named by the config's `[state] traces` read-only (WAL lets readers and
-the writer work at once), or, given `--url`, read a running gateway's admin API (`--key`, default
+Both read the trace store named by the config's `[state] traces` (`store.TraceStore`: for SQLite,
+the file read-only; WAL lets readers and the writer work at once), or, given `--url`, read a running gateway's admin API (`--key`, default
 $GATEWAY_ADMIN_KEY): the same rows, for a gateway on another machine. `export` writes one JSON line
 per request, shaped as an evaluation dataset row: input messages, output message, model, prompt
 version, usage, cost, latency, tags.
@@ -83,8 +83,8 @@ def sample(rows: Iterable[dict[str, Any]], n: int, seed: int) -> list[dict[str, 
     return [row for _, row in sorted(kept, key=lambda pair: pair[0])]
 
 
-def _open(config_arg: str | None) -> Any:
-    """The store named by the config's `[state] traces`, read-only. Only that key is read: no
+def _open(config_arg: str | None) -> store.TraceStore:
+    """The store named by the config's `[state] traces`, to read. Only that key is read: no
     provider secret needs to be resolvable on the machine that reads traces."""
     path = Path(config_arg) if config_arg else default_path()
     try:
@@ -92,7 +92,7 @@ def _open(config_arg: str | None) -> Any:
     except ValidationError as exc:
         raise ConfigError(from_validation(str(path), exc)) from None
     base = path.resolve().parent if path else Path.cwd()
-    return store.connect(store.sqlite_path(state.traces, lambda p: base / Path(p).expanduser()), readonly=True)
+    return store.open_store(store.located(state.traces, lambda p: base / Path(p).expanduser()))
 
 
 class Api:
@@ -135,7 +135,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             model=args.model,
             team=args.team,
         )
-        rows = store.scan(_open(args.config), filters)
+        rows = _open(args.config).scan(filters)
     if args.sample is not None:
         rows = sample(rows, args.sample, args.seed)
     out: TextIO = sys.stdout
@@ -177,10 +177,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if api is not None:
         rows = follow(api.newest, lambda seq: api.scan({}, after=seq), args.lines, args.interval)
     else:
-        conn = _open(args.config)
+        traces = _open(args.config)
         rows = follow(
-            lambda n: store.page(conn, store.Filters(), n)[0],
-            lambda seq: store.scan(conn, store.Filters(after_seq=seq)),
+            lambda n: traces.page(store.Filters(), n).rows,
+            lambda seq: traces.scan(store.Filters(after_seq=seq)),
             args.lines,
             args.interval,
         )

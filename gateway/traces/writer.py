@@ -2,13 +2,14 @@
 
 Workers hand finished records over a Unix socket in length-prefixed batches (`sink.py`); nothing
 on a worker's request path waits for this process. Here a selector loop reads the batches into two
-bounded queues, one per sink: a store thread inserts into SQLite (the only writer of the file) and
-an export thread turns records into spans and posts them over OTLP/HTTP. A full queue drops its
-oldest records; every record and span ends up counted as written/exported or dropped (by reason),
-and those totals go back to every worker a few times a second for `/metrics`. No record, however
-odd, costs more than itself: one whose content cannot be captured is stored (and exported) without
-it, a row SQLite refuses is retried alone, one of which nothing can be made is dropped and counted,
-and neither thread ever ends on an error.
+bounded queues, one per sink: a store thread inserts into the trace store (`store.TraceStore`, the
+backend its URL names; for SQLite, the only writer of the file) and an export thread turns records
+into spans and posts them over OTLP/HTTP. A full queue drops its oldest records; every record and
+span ends up counted as written/exported or dropped (by reason), and those totals go back to every
+worker a few times a second for `/metrics`. No record, however odd, costs more than itself: one
+whose content cannot be captured is stored (and exported) without it, a row the store refuses (it
+refuses that row alone) is tried again without its content, one of which nothing can be made is
+dropped and counted, and neither thread ever ends on an error.
 
 Shutdown is driven by the owner (the single worker, or the supervisor): it closes the writer's stdin
 after its workers have flushed and closed their connections. The writer then reads what is left,
@@ -27,7 +28,6 @@ import selectors
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -57,7 +57,7 @@ EXPORT_BATCH = 256
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    db_path: Path
+    store_url: str  # its file's path made absolute
     otlp_endpoint: str
     service_name: str
     queue_size: int
@@ -69,13 +69,13 @@ class Settings:
     export_timeout_s: float = 10.0
 
     def to_json(self) -> bytes:
-        return orjson.dumps({**dataclasses.asdict(self), "db_path": str(self.db_path)})
+        return orjson.dumps(dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, raw: bytes) -> Settings:
         data = orjson.loads(raw)
         providers = {name: (kind, address) for name, (kind, address) in data.pop("providers").items()}
-        return cls(**{**data, "db_path": Path(data["db_path"]), "providers": providers})
+        return cls(**{**data, "providers": providers})
 
 
 def settings_from(config: Config) -> Settings:
@@ -88,7 +88,7 @@ def settings_from(config: Config) -> Settings:
             netloc += ":443" if p.base_url and p.base_url.startswith("https") else ":80"
         providers[name] = (kind, netloc)
     return Settings(
-        db_path=store.sqlite_path(f.state.traces, config.path),
+        store_url=store.located(f.state.traces, config.path),
         otlp_endpoint=f.telemetry.otlp_endpoint,
         service_name=f.telemetry.service_name,
         queue_size=f.state.trace_queue_size,
@@ -147,16 +147,6 @@ class BoundedQueue:
 DROP_REASONS = ("queue_full", "store_error", "invalid_record")
 SPAN_DROP_REASONS = ("queue_full", "export_failed", "invalid_record")
 DEGRADE_REASONS = ("capture_failed", "unencodable")
-# the errors of one row rather than of the store (a value SQLite cannot bind, a constraint)
-ROW_ERRORS = (
-    sqlite3.IntegrityError,
-    sqlite3.InterfaceError,
-    sqlite3.ProgrammingError,
-    sqlite3.DataError,
-    OverflowError,
-    ValueError,
-    TypeError,
-)
 
 
 def _zero(reasons: tuple[str, ...]) -> dict[str, int]:
@@ -194,7 +184,7 @@ class Writer:
         self.records = BoundedQueue(settings.queue_size, self._records_dropped)
         self.exporting = bool(settings.otlp_endpoint)
         self.to_export = BoundedQueue(settings.queue_size, self._spans_dropped)
-        self._conn: sqlite3.Connection | None = None
+        self._store: store.TraceStore | None = None
         self._last_error_log = 0.0
         self._since_prune = 0
         self._pruned_at = 0.0
@@ -220,18 +210,18 @@ class Writer:
         self._warn(f"trace record {request_id!r}: {what} ({type(exc).__name__}: {exc})")
 
     # the store -----------------------------------------------------------------------------
-    def _open(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = store.connect(self.settings.db_path)
+    def _open(self) -> store.TraceStore:
+        if self._store is None:
+            traces = store.open_store(self.settings.store_url)
             try:
-                store.migrate(conn)
+                traces.migrate()
             except BaseException:
-                conn.close()
+                traces.close()
                 raise
-            self._conn = conn
-        return self._conn
+            self._store = traces
+        return self._store
 
-    def _row(self, entry: Any) -> tuple[Any, ...] | None:
+    def _row(self, entry: Any) -> store.Row | None:
         """The record's row; without its content when that cannot be captured; None (counted) when
         not even that can be made of it."""
         limit = self.settings.max_captured_bytes
@@ -250,52 +240,55 @@ class Writer:
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         built = [(e, row) for e in batch if (row := self._row(e)) is not None]
-        done: list[bool] = []  # per row of `built` handled so far: stored?
-        try:
-            conn = self._open()
-            try:
-                store.insert(conn, [row for _, row in built])
-                done = [True] * len(built)
-            except ROW_ERRORS:  # one row the store refuses must not take the batch with it
-                self._insert_each(conn, built, done)
-        except (sqlite3.Error, OSError, store.StoreError) as exc:
-            self._records_dropped([e for e, _ in built[len(done) :]], "store_error")
-            self._warn(f"trace store {self.settings.db_path} failed: {exc}")
-            if self._conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.close()
-                self._conn = None
-        written = sum(done)
-        self.totals.written += written
-        self._since_prune += written
-        if self._conn is not None and (
+        inserted = self._insert([row for _, row in built])
+        if inserted is not None and inserted.refused:
+            self._without_content([(built[i][0], exc) for i, exc in inserted.refused])
+        if self._store is not None and (
             self._since_prune >= max(1, min(1000, self.settings.max_rows // 10)) or time.monotonic() - self._pruned_at > 60
         ):
-            self._prune(self._conn)
+            self._prune(self._store)
 
-    def _insert_each(self, conn: sqlite3.Connection, built: list[tuple[Any, tuple[Any, ...]]], done: list[bool]) -> None:
-        """Insert row by row; a row refused is tried again without its content, then dropped (counted)."""
-        for entry, row in built:
+    def _insert(self, batch: list[store.Row]) -> store.Inserted | None:
+        """Insert into the store, opening it if need be; None when the store failed, its rows
+        dropped (counted) but those stored before the failure."""
+        try:
+            inserted = self._open().insert_batch(batch) if batch else store.Inserted()
+        except store.StoreError as exc:
+            self._stored(exc.done.stored)
+            self.totals.dropped["store_error"] += len(batch) - exc.done.stored
+            self._warn(f"trace store failed: {exc}")
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+            return None
+        self._stored(inserted.stored)
+        return inserted
+
+    def _stored(self, count: int) -> None:
+        self.totals.written += count
+        self._since_prune += count
+
+    def _without_content(self, refused: list[tuple[Any, Exception]]) -> None:
+        """Rows the store refused go again without their content; one it refuses still is dropped (counted)."""
+        degraded: list[store.Row] = []
+        for entry, exc in refused:
+            self._odd("refused by the store", entry, exc)
             try:
-                store.insert(conn, [row])
-            except ROW_ERRORS as exc:
-                self._odd("refused by the store", entry, exc)
-                try:
-                    store.insert(conn, [rows.row(rows.without_content(entry), self.settings.max_captured_bytes)])
-                except ROW_ERRORS:
-                    self.totals.dropped["invalid_record"] += 1
-                    done.append(False)
-                    continue
-                self.totals.degraded["capture_failed"] += 1
-            done.append(True)
+                degraded.append(rows.row(rows.without_content(entry), self.settings.max_captured_bytes))
+            except Exception:  # built whole before: a row without content can only fail the same way
+                self.totals.dropped["invalid_record"] += 1
+        inserted = self._insert(degraded)
+        if inserted is not None:
+            self.totals.degraded["capture_failed"] += inserted.stored
+            self.totals.dropped["invalid_record"] += len(inserted.refused)
 
-    def _prune(self, conn: sqlite3.Connection) -> None:
+    def _prune(self, traces: store.TraceStore) -> None:
         self._since_prune, self._pruned_at = 0, time.monotonic()
-        with contextlib.suppress(sqlite3.Error):
-            store.prune(conn, self.settings.retention_days, self.settings.max_rows)
+        with contextlib.suppress(store.StoreError):
+            traces.prune(self.settings.retention_days, self.settings.max_rows)
 
     def store_loop(self) -> None:
-        with contextlib.suppress(sqlite3.Error, OSError, store.StoreError):
+        with contextlib.suppress(store.StoreError):
             self._prune(self._open())  # migrate and apply retention on start
         while (batch := self.records.take(STORE_BATCH, 1.0)) is not None:
             if batch:
@@ -304,8 +297,8 @@ class Writer:
                 except Exception as exc:  # a bug here must cost this batch (counted), never the thread
                     self._records_dropped(batch, "store_error")
                     self._warn(f"trace store: a batch failed unexpectedly ({type(exc).__name__}: {exc})")
-        if self._conn is not None:
-            self._conn.close()
+        if self._store is not None:
+            self._store.close()
 
     # the OTLP export -----------------------------------------------------------------------
     def export_loop(self, stop_by: list[float]) -> None:
