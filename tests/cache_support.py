@@ -4,35 +4,17 @@ from __future__ import annotations
 
 import openai
 
-from tests.conftest import KEYS, GatewayProcess, sha
+from tests.builders import KEYS, api_key, fake_provider, policy, team
+from tests.conftest import GatewayProcess
 
-POLICY = f"""
-[teams.alpha]
-models = ["*"]
-
-[teams.beta]
-models = ["*"]
-
-[teams.gamma]
-models = ["*"]
-cache = false
-
-[[keys]]
-name = "alpha-app"
-team = "alpha"
-sha256 = "{sha(KEYS["alpha"])}"
-
-[[keys]]
-name = "beta-app"
-team = "beta"
-sha256 = "{sha(KEYS["beta"])}"
-
-[[keys]]
-name = "gamma-app"
-team = "gamma"
-admin = true  # also reads traces (tests.traceutil)
-sha256 = "{sha(KEYS["admin"])}"
-"""
+POLICY = policy(
+    {"alpha": team("*"), "beta": team("*"), "gamma": team("*", cache=False)},
+    [
+        api_key("alpha-app", "alpha", KEYS["alpha"]),
+        api_key("beta-app", "beta", KEYS["beta"]),
+        api_key("gamma-app", "gamma", KEYS["admin"], admin=True),  # also reads traces (tests.traceutil)
+    ],
+)
 
 PRICE = "price = { input_per_million = 1.0, output_per_million = 2.0 }"
 
@@ -48,13 +30,7 @@ host = "127.0.0.1"
 cache = "{state_cache}"
 traces = "sqlite:///traces.db"
 
-[providers.fake]
-kind = "openai"
-base_url = "{upstream_url}"
-api_key = "env:FAKE_UPSTREAM_KEY"
-first_byte_timeout_s = 5
-idle_timeout_s = 5
-
+{fake_provider(upstream_url, timeout_s=5)}
 [models.cached]
 targets = [{{ provider = "fake", model = "up-cached" }}]
 cache = "all"

@@ -7,7 +7,6 @@ HTTP with the official `openai` SDK or httpx.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -22,39 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.builders import DEFAULT_POLICY, KEYS, fake_provider, sha  # noqa: F401  (the tests import KEYS and sha from here)
 from tests.fakes.openai_upstream import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = {"alpha": "sk-test-alpha-0123456789abcdef", "beta": "sk-test-beta-0123456789abcdef", "admin": "sk-test-admin-0123456789abcdef"}
-
-
-def sha(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-DEFAULT_POLICY = f"""
-[teams.alpha]
-models = ["gpt-*", "demo-*", "slow*"]
-
-[teams.beta]
-models = ["demo-echo"]
-
-[[keys]]
-name = "alpha-app"
-team = "alpha"
-sha256 = "{sha(KEYS["alpha"])}"
-
-[[keys]]
-name = "beta-app"
-team = "beta"
-sha256 = "{sha(KEYS["beta"])}"
-
-[[keys]]
-name = "ops"
-team = "alpha"
-admin = true
-sha256 = "{sha(KEYS["admin"])}"
-"""
 
 
 def free_port() -> int:
@@ -123,7 +93,10 @@ def fake(upstream: FakeOpenAI) -> FakeOpenAI:
     return upstream
 
 
-def config_for(upstream_url: str, extra: str = "", server: str = "") -> str:
+def config_for(upstream_url: str, extra: str = "", server: str = "", state: str = "", open_mode: bool = False) -> str:
+    """The default config: `fake` (the fake OpenAI at `upstream_url`) serves gpt-4o-mini, `demo` (the
+    mock) demo-echo; `server` and `state` add lines to those tables, `open_mode` admits keyless requests, `extra`
+    adds tables at the end."""
     return f"""
 [server]
 host = "127.0.0.1"
@@ -131,14 +104,9 @@ host = "127.0.0.1"
 
 [state]
 traces = "sqlite:///traces.db"
+{state}
 
-[providers.fake]
-kind = "openai"
-base_url = "{upstream_url}"
-api_key = "env:FAKE_UPSTREAM_KEY"
-first_byte_timeout_s = 2
-idle_timeout_s = 2
-
+{fake_provider(upstream_url, timeout_s=2)}
 [providers.demo]
 kind = "mock"
 chunks = 4
@@ -152,6 +120,7 @@ targets = [{{ provider = "demo", model = "echo" }}]
 
 [policies]
 dir = "policies"
+{"open = true" if open_mode else ""}
 {extra}
 """
 
@@ -160,14 +129,22 @@ UPSTREAM_KEY = "sk-upstream-canary-9f8e7d6c5b4a"
 
 
 def start_gateway(
-    directory: Path, config: str, policies: dict[str, str] | None = None, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    directory: Path,
+    config: str,
+    policies: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    files: dict[str, str] | None = None,
 ) -> GatewayProcess:
+    """Write `config`, the `policies` files (DEFAULT_POLICY unless given) and any other `files`
+    (paths relative to `directory`: "prompts/support.toml"), then start the gateway there."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.toml").write_text(config)
-    pol = directory / "policies"
-    pol.mkdir(exist_ok=True)
-    for name, text in (policies if policies is not None else {"default.toml": DEFAULT_POLICY}).items():
-        (pol / name).write_text(text)
+    (directory / "policies").mkdir(exist_ok=True)
+    written = {f"policies/{name}": text for name, text in (policies if policies is not None else {"default.toml": DEFAULT_POLICY}).items()}
+    for name, text in {**written, **(files or {})}.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text)
     port = free_port()
     log_path = directory / "gateway.log"
     full_env = {**os.environ, "FAKE_UPSTREAM_KEY": UPSTREAM_KEY, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -188,9 +165,14 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
     started: list[GatewayProcess] = []
 
     def make(
-        config: str, policies: dict[str, str] | None = None, args: tuple[str, ...] = (), env: dict[str, str] | None = None, name: str = "gw"
+        config: str,
+        policies: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        name: str = "gw",
+        files: dict[str, str] | None = None,
     ) -> GatewayProcess:
-        gw = start_gateway(tmp_path / f"{name}{len(started)}", config, policies, args, env)
+        gw = start_gateway(tmp_path / f"{name}{len(started)}", config, policies, args, env, files)
         started.append(gw)
         return gw
 

@@ -4,8 +4,6 @@ Anthropic speaking the Messages API on a real socket, with events split across T
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,8 +11,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionToolParam
 
-from tests.conftest import GatewayProcess, start_gateway
+from tests.conftest import GatewayProcess
 from tests.fakes.anthropic_upstream import TOOL_INPUT, TOOL_PREAMBLE, TOOL_USE_ID, Behavior, FakeAnthropic
+from tests.provider_support import Provider, provider_fixtures
 
 KEY = "sk-ant-api03-test-0123456789abcdefghij"
 HAIKU = "claude-3-5-haiku-20241022"  # bundled price: 0.80 in, 4.00 out, 0.08 cache read, 1.00 cache write
@@ -29,19 +28,7 @@ WEATHER: ChatCompletionToolParam = {
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BAAAMBAQAY3Y2wAAAAAElFTkSuQmCC"
 
 
-def config(base_url: str) -> str:
-    return f"""
-[policies]
-open = true  # keyless clients: these tests are about the provider, not keys
-
-[state]
-traces = "sqlite:///traces.db"
-
-[providers.claude]
-kind = "anthropic"
-base_url = "{base_url}"
-api_key = "env:ANTHROPIC_TEST_KEY"
-
+MODELS = f"""
 [models."claude-haiku"]
 targets = [{{ provider = "claude", model = "{HAIKU}" }}]
 retries = 0        # each test sees every upstream failure as it is
@@ -60,28 +47,7 @@ targets = [{{ provider = "claude", model = "my-claude-finetune" }}]
 """
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, server: FakeAnthropic) -> Iterator[GatewayProcess]:
-    gw = start_gateway(Path(tmp_path_factory.mktemp("anthropic")), config(server.base_url), policies={}, env={"ANTHROPIC_TEST_KEY": KEY})
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def claude(server: FakeAnthropic) -> FakeAnthropic:
-    server.reset()
-    return server
-
-
-@pytest.fixture
-def client(gateway: GatewayProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.base_url, api_key="sk-client", max_retries=0, timeout=20)
+server, gateway, claude, client = provider_fixtures(FakeAnthropic, Provider("claude", "anthropic", KEY, MODELS))
 
 
 def cost(prompt: int, completion: int, cached: int = 0, written: int = 0) -> float:

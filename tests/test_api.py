@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -17,16 +18,20 @@ def client(gw: GatewayProcess, key: str = KEYS["alpha"]) -> openai.OpenAI:
 
 
 def test_chat_completion(gateway: GatewayProcess, fake: FakeOpenAI) -> None:
+    started = time.perf_counter()
     raw = client(gateway).chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hello gateway"}], temperature=0.3
     )
+    round_trip_ms = (time.perf_counter() - started) * 1000
     reply = raw.parse()
     assert reply.choices[0].message.content == "echo: hello gateway"
-    assert reply.usage is not None and reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens > 0
+    assert reply.usage is not None
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (2, 3, 5)  # the fake's word counts
     assert raw.headers["x-gateway-target"] == "fake/gpt-4o-mini-upstream"
-    assert float(raw.headers["x-gateway-overhead-ms"]) >= 0
+    overhead = raw.headers["x-gateway-overhead-ms"]
+    assert re.fullmatch(r"\d+\.\d\d", overhead) and 0 < float(overhead) < round_trip_ms  # ms to 0.01, a share of the round trip
     rid = raw.headers["x-request-id"]
-    assert len(rid) == 32 and int(rid, 16) >= 0
+    assert re.fullmatch("[0-9a-f]{32}", rid)
     assert abs(int(rid[:12], 16) / 1000 - time.time()) < 60  # ms since the epoch first: ids sort by time
     sent = fake.requests[-1]
     assert sent.path == "/v1/chat/completions"
@@ -68,7 +73,8 @@ def test_stream_usage_when_the_client_asks(gateway: GatewayProcess) -> None:
         model="gpt-4o-mini", messages=[{"role": "user", "content": "a b c"}], stream=True, stream_options={"include_usage": True}
     )
     chunks = list(stream)
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (3, 4)  # the fake's: "a b c", "echo: a b c"
 
 
 def test_usage_is_estimated_when_upstream_reports_none(gateway: GatewayProcess, fake: FakeOpenAI) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,9 @@ from aiohttp import web
 
 from gateway.config import ConfigError
 from gateway.config.load import build
-from tests.conftest import GatewayProcess, start_gateway
 from tests.fakes import openai_upstream
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
+from tests.provider_support import Provider, provider_fixtures
 
 KEY = "azure-key-0123456789abcdef0123456789"
 API_VERSION = "2024-10-21"
@@ -42,20 +41,7 @@ class FakeAzure(FakeOpenAI):
         return await self._chat(request, parsed, behavior, n, parsed.get("stream") is True)
 
 
-def config(base_url: str) -> str:
-    return f"""
-[policies]
-open = true  # keyless clients: these tests are about the provider, not keys
-
-[state]
-traces = "sqlite:///traces.db"
-
-[providers.azure]
-kind = "openai"
-azure = true
-base_url = "{base_url}"
-api_key = "env:AZURE_TEST_KEY"
-
+MODELS = f"""
 [models."gpt-4o-mini"]
 targets = [{{ provider = "azure", model = "{DEPLOYMENT}", price = {{ input_per_million = 0.165, output_per_million = 0.66 }} }}]
 
@@ -64,29 +50,8 @@ targets = [{{ provider = "azure", model = "{DEPLOYMENT}" }}]
 """
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeAzure]:
-    with FakeAzure() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, server: FakeAzure) -> Iterator[GatewayProcess]:
-    root = server.base_url.removesuffix("/v1")
-    gw = start_gateway(Path(tmp_path_factory.mktemp("azure")), config(root), policies={}, env={"AZURE_TEST_KEY": KEY})
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def azure(server: FakeAzure) -> FakeAzure:
-    server.reset()
-    return server
-
-
-@pytest.fixture
-def client(gateway: GatewayProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.base_url, api_key="sk-client", max_retries=0, timeout=20)
+AZURE = Provider("azure", "openai", KEY, MODELS, settings={"azure": True})
+server, gateway, azure, client = provider_fixtures(FakeAzure, AZURE, root=lambda fake: fake.base_url.removesuffix("/v1"))
 
 
 def test_chat_goes_to_the_deployment(client: openai.OpenAI, azure: FakeAzure) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from gateway import tokens
 from gateway.batching import apportion, approx_tokens, split_inputs
+from tests.builders import fake_provider
 from tests.cache_support import POLICY, async_client
 from tests.conftest import KEYS, GatewayProcess, start_gateway
 from tests.fakes.openai_upstream import REJECT_INPUT, Behavior, FakeOpenAI, expected_embedding
@@ -44,13 +45,7 @@ host = "127.0.0.1"
 [state]
 traces = "sqlite:///traces.db"
 
-[providers.fake]
-kind = "openai"
-base_url = "{upstream_url}"
-api_key = "env:FAKE_UPSTREAM_KEY"
-first_byte_timeout_s = 10
-idle_timeout_s = 10
-
+{fake_provider(upstream_url, timeout_s=10)}
 [models.emb]
 targets = [{{ provider = "fake", model = "{UPSTREAM_MODEL}" }}]
 retries = 0

@@ -22,45 +22,25 @@ from hypothesis import strategies as st
 
 from gateway.errors import BadRequest
 from gateway.guardrails import Guardrails, GuardrailsSection
-from tests.conftest import GatewayFactory, config_for, sha
+from tests.builders import api_key, policy, team
+from tests.conftest import GatewayFactory, config_for
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 
 KEYS = {"big": "sk-test-big-0123456789abcdef", "small": "sk-test-small-0123456789abcdef", "screened": "sk-test-screened-0123456789"}
-POLICY = f"""
-[teams.big]
-models = ["*"]
-tpm = 100000000
-budget_usd_per_day = 1000.0
-
-[teams.big.guardrails]
-max_request_tokens = 50000000
-
-[teams.small]
-models = ["*"]
-tpm = 100000000
-
-[teams.screened]
-models = ["*"]
-
-[teams.screened.guardrails]
-redact = ["secret", "email", "card", "phone"]
-deny = [{{ name = "no-injection", pattern = "ignore (all )?previous instructions" }}]
-
-[[keys]]
-name = "big-app"
-team = "big"
-sha256 = "{sha(KEYS["big"])}"
-
-[[keys]]
-name = "small-app"
-team = "small"
-sha256 = "{sha(KEYS["small"])}"
-
-[[keys]]
-name = "screened-app"
-team = "screened"
-sha256 = "{sha(KEYS["screened"])}"
-"""
+POLICY = policy(
+    {
+        "big": team("*", tpm=100000000, budget_usd_per_day=1000.0, guardrails={"max_request_tokens": 50000000}),
+        "small": team("*", tpm=100000000),
+        "screened": team(
+            "*",
+            guardrails={
+                "redact": ["secret", "email", "card", "phone"],
+                "deny": [{"name": "no-injection", "pattern": "ignore (all )?previous instructions"}],
+            },
+        ),
+    },
+    [api_key(f"{name}-app", name, KEYS[name]) for name in ("big", "small", "screened")],
+)
 BOUND_S = 0.3  # generous on a loaded machine: the old code held the loop for seconds
 
 

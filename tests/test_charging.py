@@ -24,7 +24,8 @@ from gateway.limits import rules
 from gateway.pipeline.usage import prompt_tokens
 from gateway.providers.base import Operation
 from gateway.tokens import count_text
-from tests.conftest import KEYS, GatewayFactory, GatewayProcess, config_for, need_redis, sha
+from tests.builders import api_key, policy, team
+from tests.conftest import KEYS, GatewayFactory, GatewayProcess, config_for, need_redis
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 from tests.traceutil import trace
 
@@ -55,44 +56,17 @@ price = { input_per_million = 1000000.0, output_per_million = 1000000.0 }
 # the stream reserves PROMPT + 300 output tokens; a later "hi" with max_tokens 200 reserves ~208 more.
 # Charged nothing (before), both fit the budget; charged PROMPT + ~150, the second does not.
 BUDGET = PROMPT + 320
-POLICY = f"""
-[teams.spender]
-models = ["*"]
-budget_usd_per_day = {BUDGET}.0
-
-[teams.streamer]
-models = ["*"]
-tpm = {PROMPT + 100}
-
-[teams.free]
-models = ["*"]
-
-[[keys]]
-name = "spender-app"
-team = "spender"
-sha256 = "{sha(KEY["spender"])}"
-
-[[keys]]
-name = "streamer-app"
-team = "streamer"
-sha256 = "{sha(KEY["streamer"])}"
-
-[[keys]]
-name = "free-app"
-team = "free"
-sha256 = "{sha(KEY["free"])}"
-
-[[keys]]
-name = "ops"
-team = "free"
-admin = true
-sha256 = "{sha(KEYS["admin"])}"
-"""
+POLICY = policy(
+    {"spender": team("*", budget_usd_per_day=float(BUDGET)), "streamer": team("*", tpm=PROMPT + 100), "free": team("*")},
+    [
+        *(api_key(f"{name}-app", name, KEY[name]) for name in ("spender", "streamer", "free")),
+        api_key("ops", "free", KEYS["admin"], admin=True),
+    ],
+)
 
 
 def config(upstream: str, limits: str = "memory") -> str:
-    text = config_for(upstream, PRICED)
-    return text.replace('traces = "sqlite:///traces.db"', f'traces = "sqlite:///traces.db"\nlimits = "{limits}"')
+    return config_for(upstream, PRICED, state=f'limits = "{limits}"')
 
 
 def open_stream(gw: GatewayProcess, who: str, model: str = "priced", **extra: Any) -> tuple[socket.socket, str]:

@@ -4,7 +4,6 @@ a time. Real gateway processes on real sockets; the official `openai` SDK and ht
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -18,15 +17,16 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import DEFAULT_POLICY, KEYS, GatewayFactory, GatewayProcess, config_for, sha, start_gateway
+from tests.builders import DEFAULT_KEYS, DEFAULT_POLICY, DEFAULT_TEAMS, api_key, default_policy, policy, team
+from tests.conftest import KEYS, GatewayFactory, GatewayProcess, config_for, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.test_prompts import SUPPORT
 from tests.traceutil import wait_for
 
 TEAM_ADMINS = {"alpha": "sk-test-alpha-admin-0123456789abcdef", "beta": "sk-test-beta-admin-0123456789abcdef"}
-TEAM_POLICY = DEFAULT_POLICY.replace(
-    '[teams.alpha]\nmodels = ["gpt-*", "demo-*", "slow*"]', '[teams.alpha]\nmodels = ["gpt-*", "demo-*"]\nprompts = ["support-bot"]'
-) + "".join(f'\n[[keys]]\nname = "{t}-admin"\nteam = "{t}"\nadmin = "team"\nsha256 = "{sha(k)}"\n' for t, k in TEAM_ADMINS.items())
+TEAM_POLICY = default_policy(
+    [api_key(f"{t}-admin", t, k, admin="team") for t, k in TEAM_ADMINS.items()], alpha=team("gpt-*", "demo-*", prompts=["support-bot"])
+)
 REVOKED = "sk-test-revoked-0123456789abcdef"
 
 
@@ -58,7 +58,7 @@ def serve(config: Path | None, cwd: Path, *args: str) -> subprocess.CompletedPro
     [
         ("empty directory", {}, ""),
         ("misnamed directory", {"default.toml": DEFAULT_POLICY}, '[policies]\ndir = "policy"'),
-        ("teams but no key", {"teams.toml": '[teams.alpha]\nmodels = ["*"]\n'}, ""),
+        ("teams but no key", {"teams.toml": policy({"alpha": team("*")})}, ""),
     ],
 )
 def test_a_gateway_with_no_key_refuses_to_start(tmp_path: Path, case: str, files: dict[str, str], extra: str) -> None:
@@ -135,11 +135,9 @@ def test_a_config_edit_to_a_wrong_policy_dir_is_rejected(gateway_factory: Gatewa
 
 # open mode -------------------------------------------------------------------------------------
 
-OPEN = '[policies]\ndir = "policies"\nopen = true'
-
 
 def test_open_mode_admits_keyless_requests_and_makes_nobody_an_admin(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:
-    gw = gateway_factory(config_for(fake.base_url).replace('[policies]\ndir = "policies"', OPEN), policies={})
+    gw = gateway_factory(config_for(fake.base_url, open_mode=True), policies={})
     assert "WARNING gateway OPEN MODE" in gw.log()
     assert chat(gw, None).status_code == 200
     sdk = openai.OpenAI(base_url=gw.base_url, api_key="sk-anything", max_retries=0)  # the SDK always sends some key
@@ -151,7 +149,7 @@ def test_open_mode_admits_keyless_requests_and_makes_nobody_an_admin(gateway_fac
 
 
 def test_open_mode_keeps_the_keys_of_policy_files(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:
-    gw = gateway_factory(config_for(fake.base_url).replace('[policies]\ndir = "policies"', OPEN))
+    gw = gateway_factory(config_for(fake.base_url, open_mode=True))
     assert chat(gw, None, model="gpt-4o-mini").status_code == 200  # open: every model
     assert chat(gw, KEYS["beta"], model="gpt-4o-mini").status_code == 403  # beta is itself: demo-echo only
     assert admin(gw, KEYS["beta"], "/admin/traces").status_code == 403
@@ -166,10 +164,11 @@ def test_open_mode_keeps_the_keys_of_policy_files(gateway_factory: GatewayFactor
 
 
 def test_open_mode_reserves_the_team_name_open(tmp_path: Path) -> None:
-    (tmp_path / "config.toml").write_text(config_for("http://127.0.0.1:9/v1").replace('[policies]\ndir = "policies"', OPEN))
+    (tmp_path / "config.toml").write_text(config_for("http://127.0.0.1:9/v1", open_mode=True))
     (tmp_path / "policies").mkdir()
+    alpha, beta, ops = DEFAULT_KEYS
     (tmp_path / "policies" / "p.toml").write_text(
-        DEFAULT_POLICY.replace("[teams.beta]", "[teams.open]").replace('team = "beta"', 'team = "open"')
+        policy({"alpha": DEFAULT_TEAMS["alpha"], "open": DEFAULT_TEAMS["beta"]}, [alpha, {**beta, "team": "open"}, ops])
     )
     checked = serve(tmp_path / "config.toml", tmp_path, "check")
     assert checked.returncode == 1 and "policies.open: a team named 'open' is reserved" in checked.stdout, checked.stdout
@@ -181,10 +180,8 @@ def test_open_mode_reserves_the_team_name_open(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def teams(tmp_path_factory: pytest.TempPathFactory, upstream: FakeOpenAI) -> Iterator[GatewayProcess]:
     """Teams alpha (prompts = ["support-bot"]) and beta (no `prompts` list), each with a team admin."""
-    directory = tmp_path_factory.mktemp("teams")
-    (directory / "prompts").mkdir()
-    (directory / "prompts" / "support.toml").write_text(SUPPORT)
-    gw = start_gateway(directory, config_for(upstream.base_url), {"default.toml": TEAM_POLICY})
+    prompts = {"prompts/support.toml": SUPPORT}
+    gw = start_gateway(tmp_path_factory.mktemp("teams"), config_for(upstream.base_url), {"default.toml": TEAM_POLICY}, files=prompts)
     yield gw
     gw.stop()
 
@@ -257,12 +254,11 @@ def test_team_admins_own_only_their_teams_prompts(teams: GatewayProcess) -> None
 
 def bulk_policy(n: int) -> str:
     """A policy file that takes the gateway a second or more to validate."""
-    keys = "".join(f'[[keys]]\nname = "bulk{i}"\nteam = "bulk"\nsha256 = "{hashlib.sha256(b"%d" % i).hexdigest()}"\n' for i in range(n))
-    return '[teams.bulk]\nmodels = ["demo-*"]\n' + keys
+    return policy({"bulk": team("demo-*")}, (api_key(f"bulk{i}", "bulk", str(i)) for i in range(n)))
 
 
 def test_a_slow_reload_never_undoes_a_newer_one(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:
-    revoked = f'[teams.gone]\nmodels = ["demo-*"]\n[[keys]]\nname = "gone"\nteam = "gone"\nsha256 = "{sha(REVOKED)}"\n'
+    revoked = policy({"gone": team("demo-*")}, [api_key("gone", "gone", REVOKED)])
     gw = gateway_factory(config_for(fake.base_url), {"default.toml": DEFAULT_POLICY, "revoked.toml": revoked})
     assert chat(gw, REVOKED).status_code == 200
     policies = gw.directory / "policies"

@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,9 +13,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionToolParam
 
-from tests.conftest import GatewayProcess, start_gateway
 from tests.fakes.gemini_upstream import TOOL_ARGS, Behavior, FakeGemini
 from tests.fakes.openai_upstream import expected_embedding
+from tests.provider_support import Provider, provider_fixtures
 
 KEY = "AIzaSyTest-0123456789abcdefghijklmno"
 FLASH = "gemini-2.0-flash"  # bundled price: 0.10 in, 0.40 out, 0.025 cached
@@ -38,19 +36,7 @@ FORECAST: ChatCompletionToolParam = {
 }
 
 
-def config(base_url: str) -> str:
-    return f"""
-[policies]
-open = true  # keyless clients: these tests are about the provider, not keys
-
-[state]
-traces = "sqlite:///traces.db"
-
-[providers.google]
-kind = "gemini"
-base_url = "{base_url}"
-api_key = "env:GEMINI_TEST_KEY"
-
+MODELS = f"""
 [models."gemini-flash"]
 targets = [{{ provider = "google", model = "{FLASH}" }}]
 retries = 0        # each test sees every upstream failure as it is
@@ -61,28 +47,7 @@ targets = [{{ provider = "google", model = "gemini-embedding-001" }}]
 """
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeGemini]:
-    with FakeGemini() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, server: FakeGemini) -> Iterator[GatewayProcess]:
-    gw = start_gateway(Path(tmp_path_factory.mktemp("gemini")), config(server.base_url), policies={}, env={"GEMINI_TEST_KEY": KEY})
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def gemini(server: FakeGemini) -> FakeGemini:
-    server.reset()
-    return server
-
-
-@pytest.fixture
-def client(gateway: GatewayProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.base_url, api_key="sk-client", max_retries=0, timeout=20)
+server, gateway, gemini, client = provider_fixtures(FakeGemini, Provider("google", "gemini", KEY, MODELS))
 
 
 def test_plain_chat(client: openai.OpenAI, gemini: FakeGemini) -> None:
@@ -257,7 +222,7 @@ def test_embeddings(client: openai.OpenAI, gemini: FakeGemini) -> None:
     assert [d.embedding for d in answer.data] == [expected_embedding("first text", 4), expected_embedding("second", 4)]
     assert answer.model == "gemini-embedding-001"
     assert raw.headers["x-gateway-usage"] == "estimated"  # Gemini reports no usage for embeddings
-    assert answer.usage.prompt_tokens > 0
+    assert answer.usage.prompt_tokens == 3  # the gateway's estimate: "first text" 2 + "second" 1 (tiktoken o200k)
     assert float(raw.headers["x-gateway-cost-usd"]) == pytest.approx(answer.usage.prompt_tokens * 0.15 / 1e6, abs=1e-12)
     sent = gemini.requests[0]
     assert sent.path == "/v1beta/models/gemini-embedding-001:batchEmbedContents"

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from gateway.errors import BadRequest
 from gateway.guardrails import DenyRule, Guardrails, GuardrailsSection
-from tests.conftest import DEFAULT_POLICY, KEYS, GatewayFactory, config_for
+from tests.builders import default_policy, team
+from tests.conftest import KEYS, GatewayFactory, config_for
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.traceutil import trace
 
@@ -424,14 +425,16 @@ def test_redacting_twice_changes_nothing_more(text: str) -> None:
 
 
 # -- end to end: a team's guardrails in a running gateway ------------------------------------------
-GUARDED_POLICY = DEFAULT_POLICY.replace(
-    '[teams.beta]\nmodels = ["demo-echo"]',
-    """[teams.beta]
-models = ["demo-echo", "gpt-4o-mini"]
-[teams.beta.guardrails]
-redact = ["email", "card", "secret"]
-deny = [{ name = "no-injection", pattern = "ignore (all )?previous instructions" }]
-max_request_tokens = 40""",
+GUARDED_POLICY = default_policy(
+    beta=team(
+        "demo-echo",
+        "gpt-4o-mini",
+        guardrails={
+            "redact": ["email", "card", "secret"],
+            "deny": [{"name": "no-injection", "pattern": "ignore (all )?previous instructions"}],
+            "max_request_tokens": 40,
+        },
+    )
 )
 EMAIL, CARD = "jane.doe@example.com", "4111 1111 1111 1111"
 

@@ -38,7 +38,8 @@ from gateway.pipeline.limit import Limiter
 from gateway.pipeline.record import Record
 from gateway.providers.base import Operation
 from gateway.upstream import Pool
-from tests.conftest import GatewayFactory, GatewayProcess, RedisServer, config_for, need_redis, sha
+from tests.builders import api_key, policy, team
+from tests.conftest import GatewayFactory, GatewayProcess, RedisServer, config_for, need_redis
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 
 SHARED = "redis://127.0.0.1:6379/13"
@@ -61,81 +62,23 @@ targets = [{ provider = "fake", model = "house-model" }]
 retries = 0
 price = { input_per_million = 1.0, output_per_million = 1.0, max_output_tokens = 100000 }
 """
-POLICY = f"""
-[teams.limited]
-models = ["*"]
-rpm = 3
-
-[teams.capped]
-models = ["*"]
-max_tokens = 50
-
-[teams.budget]
-models = ["*"]
-budget_usd_per_day = 50.0
-
-[teams.busy]
-models = ["*"]
-max_concurrent = 2
-
-[teams.tokens]
-models = ["*"]
-tpm = 40
-
-[teams.thrifty]
-models = ["*"]
-budget_usd_per_day = 0.05  # 4096 output tokens of "cheap" fit ($0.004), 100000 do not ($0.1)
-
-[teams.pennies]
-models = ["*"]
-budget_usd_per_day = 0.005  # gpt-4o-mini: 4096 output tokens fit ($0.0025), its 16384 do not ($0.0098)
-
-[[keys]]
-name = "limited-app"
-team = "limited"
-sha256 = "{sha(KEY["limited"])}"
-
-[[keys]]
-name = "own-app"
-team = "limited"
-rpm = 5
-sha256 = "{sha(KEY["own"])}"
-
-[[keys]]
-name = "capped-app"
-team = "capped"
-sha256 = "{sha(KEY["capped"])}"
-
-[[keys]]
-name = "budget-app"
-team = "budget"
-sha256 = "{sha(KEY["budget"])}"
-
-[[keys]]
-name = "busy-app"
-team = "busy"
-sha256 = "{sha(KEY["busy"])}"
-
-[[keys]]
-name = "tokens-app"
-team = "tokens"
-sha256 = "{sha(KEY["tokens"])}"
-
-[[keys]]
-name = "thrifty-app"
-team = "thrifty"
-sha256 = "{sha(KEY["thrifty"])}"
-
-[[keys]]
-name = "pennies-app"
-team = "pennies"
-sha256 = "{sha(KEY["pennies"])}"
-"""
+POLICY = policy(
+    {
+        "limited": team("*", rpm=3),
+        "capped": team("*", max_tokens=50),
+        "budget": team("*", budget_usd_per_day=50.0),
+        "busy": team("*", max_concurrent=2),
+        "tokens": team("*", tpm=40),
+        "thrifty": team("*", budget_usd_per_day=0.05),  # 4096 output tokens of "cheap" fit ($0.004), 100000 do not ($0.1)
+        "pennies": team("*", budget_usd_per_day=0.005),  # gpt-4o-mini: 4096 output tokens fit ($0.0025), its 16384 do not ($0.0098)
+    },
+    [api_key("limited-app", "limited", KEY["limited"]), api_key("own-app", "limited", KEY["own"], rpm=5)]
+    + [api_key(f"{name}-app", name, KEY[name]) for name in ("capped", "budget", "busy", "tokens", "thrifty", "pennies")],
+)
 
 
 def config(upstream: str, limits: str = "memory", state: str = "") -> str:
-    text = config_for(upstream, PRICED)
-    return text.replace('traces = "sqlite:///traces.db"', f'traces = "sqlite:///traces.db"\nlimits = "{limits}"\n{state}')
+    return config_for(upstream, PRICED, state=f'limits = "{limits}"\n{state}')
 
 
 def shared_limits() -> str:

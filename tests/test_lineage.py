@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import DEFAULT_POLICY, KEYS, config_for, start_gateway
+from tests.builders import default_policy, team
+from tests.conftest import KEYS, config_for, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 from tests.test_prompts import SUPPORT
 
@@ -39,11 +40,8 @@ def trace(url: str, request_id: str) -> dict[str, Any]:
 
 
 def test_prompt_rule_and_attempts_are_recorded(tmp_path: Path, fake: FakeOpenAI) -> None:
-    directory = tmp_path / "gw"
-    (directory / "prompts").mkdir(parents=True)
-    (directory / "prompts" / "support.toml").write_text(SUPPORT)
-    policy = {"p.toml": DEFAULT_POLICY.replace('"slow*"]', '"slow*", "auto"]')}
-    gw = start_gateway(directory, config_for(fake.base_url, extra=RULES), policy)
+    policy = {"p.toml": default_policy(alpha=team("gpt-*", "demo-*", "slow*", "auto"))}
+    gw = start_gateway(tmp_path / "gw", config_for(fake.base_url, extra=RULES), policy, files={"prompts/support.toml": SUPPORT})
     try:
         headers = {"authorization": f"Bearer {KEYS['alpha']}", "x-request-id": "lineage-prompt"}
         body = {"model": "x", "messages": [], "prompt": {"id": "support-bot", "variables": {"product": "Acme", "question": "q"}}}

@@ -14,10 +14,11 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import DEFAULT_POLICY, KEYS, GatewayFactory, GatewayProcess, config_for, sha
+from tests.builders import api_key, default_policy, policy, team
+from tests.conftest import KEYS, GatewayFactory, GatewayProcess, config_for
 from tests.fakes.openai_upstream import FakeOpenAI
 
-TOOLS_POLICY = DEFAULT_POLICY.replace('[teams.beta]\nmodels = ["demo-echo"]', '[teams.beta]\nmodels = ["demo-echo"]\ntools = ["search_kb"]')
+TOOLS_POLICY = default_policy(beta=team("demo-echo", tools=["search_kb"]))
 NEW_KEY = "sk-test-newcomer-0123456789abcdef"
 
 
@@ -56,9 +57,7 @@ def test_policy_edits_apply_live_and_a_broken_edit_changes_nothing(gateway_facto
     before = httpx.get(gw.url + "/admin/policies", headers=admin).json()
     assert chat(gw, NEW_KEY).status_code == 401
     extra = gw.directory / "policies" / "newcomer.toml"
-    extra.write_text(
-        f'[teams.newcomers]\nmodels = ["demo-*"]\n[[keys]]\nname = "newcomer"\nteam = "newcomers"\nsha256 = "{sha(NEW_KEY)}"\n'
-    )
+    extra.write_text(policy({"newcomers": team("demo-*")}, [api_key("newcomer", "newcomers", NEW_KEY)]))
     assert eventually(lambda: chat(gw, NEW_KEY).status_code == 200, within=2.5) < 2.5
     status = httpx.get(gw.url + "/admin/policies", headers=admin).json()
     assert status["version"] != before["version"] and status["files"] == ["default.toml", "newcomer.toml"] and status["last_error"] is None
@@ -87,8 +86,8 @@ def version_of(files: dict[str, str]) -> str:
 def test_no_request_sees_a_mix_of_old_and_new_policies(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:
     """Two policy sets that disagree about the tool `a`; requests run while the set is flipped back
     and forth. Each request's answer must match the policy version its trace says admitted it."""
-    allows = DEFAULT_POLICY.replace('[teams.beta]\nmodels = ["demo-echo"]', '[teams.beta]\nmodels = ["demo-echo"]\ntools = ["a"]')
-    denies = DEFAULT_POLICY.replace('[teams.beta]\nmodels = ["demo-echo"]', '[teams.beta]\nmodels = ["demo-echo"]\ntools = ["b"]')
+    allows = default_policy(beta=team("demo-echo", tools=["a"]))
+    denies = default_policy(beta=team("demo-echo", tools=["b"]))
     versions = {version_of({"p.toml": allows}): 200, version_of({"p.toml": denies}): 403}
     gw = gateway_factory(config_for(fake.base_url), {"p.toml": allows})
     path = gw.directory / "policies" / "p.toml"

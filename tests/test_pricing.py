@@ -20,6 +20,7 @@ from gateway.pipeline.record import Record
 from gateway.pricing import cost_usd, load_table, lookup, resolve
 from gateway.providers.base import Operation, StreamState, Usage
 from gateway.upstream import Pool
+from tests.builders import fake_provider
 from tests.conftest import KEYS, GatewayProcess, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 
@@ -152,11 +153,7 @@ def config(upstream_url: str) -> str:
 [state]
 traces = "sqlite:///traces.db"
 
-[providers.fake]
-kind = "openai"
-base_url = "{upstream_url}"
-api_key = "env:FAKE_UPSTREAM_KEY"
-
+{fake_provider(upstream_url)}
 [providers.demo]
 kind = "mock"
 

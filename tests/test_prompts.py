@@ -15,7 +15,8 @@ import openai
 import pytest
 import redis
 
-from tests.conftest import KEYS, GatewayProcess, config_for, sha, start_gateway
+from tests.builders import api_key, policy, team
+from tests.conftest import KEYS, GatewayFactory, GatewayProcess, config_for, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
 
 SUPPORT = """
@@ -57,33 +58,10 @@ model = "gpt-4o-mini"
 messages = [{ role = "user", content = "secret" }]
 """
 
-POLICY = f"""
-[teams.apps]
-models = ["gpt-*", "demo-*"]
-prompts = ["support-bot"]
-
-[teams.ops]
-models = ["*"]
-
-[teams.narrow]
-models = ["demo-*"]
-
-[[keys]]
-name = "app"
-team = "apps"
-sha256 = "{sha(KEYS["alpha"])}"
-
-[[keys]]
-name = "narrow"
-team = "narrow"
-sha256 = "{sha(KEYS["beta"])}"
-
-[[keys]]
-name = "ops"
-team = "ops"
-admin = true
-sha256 = "{sha(KEYS["admin"])}"
-"""
+POLICY = policy(
+    {"apps": team("gpt-*", "demo-*", prompts=["support-bot"]), "ops": team("*"), "narrow": team("demo-*")},
+    [api_key("app", "apps", KEYS["alpha"]), api_key("narrow", "narrow", KEYS["beta"]), api_key("ops", "ops", KEYS["admin"], admin=True)],
+)
 
 VARS = {"product": "Acme", "question": "how do I log in?"}
 V1 = [
@@ -93,30 +71,29 @@ V1 = [
 ADMIN = {"authorization": f"Bearer {KEYS['admin']}"}
 
 
+def prompt_files(prompts: dict[str, str]) -> dict[str, str]:
+    return {f"prompts/{name}": text for name, text in prompts.items()}
+
+
 def start(
     directory: Path, upstream: FakeOpenAI, prompts: dict[str, str], state: str = "", env: dict[str, str] | None = None
 ) -> GatewayProcess:
-    (directory / "prompts").mkdir(parents=True, exist_ok=True)
-    for name, text in prompts.items():
-        (directory / "prompts" / name).write_text(text)
-    config = config_for(upstream.base_url)
-    if state:
-        config = config.replace('[state]\ntraces = "sqlite:///traces.db"', f'[state]\ntraces = "sqlite:///traces.db"\n{state}')
-    return start_gateway(directory, config, {"p.toml": POLICY}, env=env)
+    return start_gateway(directory, config_for(upstream.base_url, state=state), {"p.toml": POLICY}, env=env, files=prompt_files(prompts))
 
 
 @pytest.fixture
-def gateways(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    started: list[GatewayProcess] = []
+def gateways(gateway_factory: GatewayFactory) -> Callable[..., GatewayProcess]:
+    """Gateways of this module's policy serving `prompts` (SUPPORT unless given), stopped after the test."""
 
-    def make(upstream: FakeOpenAI, prompts: dict[str, str] | None = None, name: str = "gw", **kwargs: object) -> GatewayProcess:
-        gw = start(tmp_path / name, upstream, {"support.toml": SUPPORT} if prompts is None else prompts, **kwargs)  # type: ignore[arg-type]
-        started.append(gw)
-        return gw
+    def make(
+        upstream: FakeOpenAI, prompts: dict[str, str] | None = None, name: str = "gw", state: str = "", env: dict[str, str] | None = None
+    ) -> GatewayProcess:
+        config = config_for(upstream.base_url, state=state)
+        return gateway_factory(
+            config, {"p.toml": POLICY}, env=env, name=name, files=prompt_files({"support.toml": SUPPORT} if prompts is None else prompts)
+        )
 
-    yield make
-    for gw in started:
-        gw.stop(timeout=10)
+    return make
 
 
 @pytest.fixture(scope="module")

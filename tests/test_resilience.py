@@ -11,10 +11,11 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import KEYS, GatewayFactory, GatewayProcess, sha
+from tests.builders import api_key, policy, team
+from tests.conftest import KEYS, GatewayFactory, GatewayProcess
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 
-POLICY = {"p.toml": f'[teams.t]\nmodels = ["*"]\n[[keys]]\nname = "k"\nteam = "t"\nsha256 = "{sha(KEYS["alpha"])}"\n'}
+POLICY = {"p.toml": policy({"t": team("*")}, [api_key("k", "t", KEYS["alpha"])])}
 
 
 @pytest.fixture(scope="module")

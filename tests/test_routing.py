@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.routing import Balancer, RetryBudget, backoff
-from tests.conftest import KEYS, GatewayFactory, config_for, sha
+from tests.builders import api_key, policy, team
+from tests.conftest import KEYS, GatewayFactory, config_for
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 from tests.traceutil import trace
 
@@ -152,24 +153,10 @@ name = "vip-spare"
 model = "spare"
 route_tag = "vip"
 """
-TEAMS = f"""
-[teams.narrow]
-models = ["primary", "spare", "auto", "shared"]
-
-[teams.wide]
-models = ["*"]
-
-[[keys]]
-name = "narrow-app"
-team = "narrow"
-sha256 = "{sha(KEYS["beta"])}"
-
-[[keys]]
-name = "ops"
-team = "wide"
-admin = true
-sha256 = "{sha(KEYS["admin"])}"
-"""
+TEAMS = policy(
+    {"narrow": team("primary", "spare", "auto", "shared"), "wide": team("*")},
+    [api_key("narrow-app", "narrow", KEYS["beta"]), api_key("ops", "wide", KEYS["admin"], admin=True)],
+)
 
 
 def post(gw_url: str, key: str, model: str, rid: str, **headers: str) -> httpx.Response:

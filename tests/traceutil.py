@@ -16,9 +16,7 @@ T = TypeVar("T")
 
 
 def traces_config(upstream_url: str, state: str = "", telemetry: str = "", extra: str = "") -> str:
-    config = config_for(upstream_url, extra=extra)
-    config = config.replace('traces = "sqlite:///traces.db"', 'traces = "sqlite:///traces.db"\n' + state)
-    return config + ("\n[telemetry]\n" + telemetry if telemetry else "")
+    return config_for(upstream_url, extra=extra, state=state) + ("\n[telemetry]\n" + telemetry if telemetry else "")
 
 
 def client(gw: GatewayProcess, key: str = KEYS["alpha"]) -> openai.OpenAI:
