@@ -52,9 +52,7 @@ class Live(Generic[A, R]):
 
 
 class ConfigHolder(Generic[A, R]):
-    def __init__(
-        self, config: Config, catalog_for: Callable[[Config], Catalog], build: Callable[[Config, Catalog], tuple[A, R]]
-    ) -> None:
+    def __init__(self, config: Config, catalog_for: Callable[[Config], Catalog], build: Callable[[Config, Catalog], tuple[A, R]]) -> None:
         self.started = config  # as started: RESTART_SECTIONS take effect at a restart
         self._catalog_for = catalog_for
         self._build = build
