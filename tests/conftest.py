@@ -21,7 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.builders import DEFAULT_POLICY, KEYS, fake_provider, sha  # noqa: F401  (the tests import KEYS and sha from here)
+from tests.builders import DEFAULT_POLICY, fake_provider
+from tests.builders import KEYS as KEYS  # noqa: PLC0414  (re-exported: the tests import KEYS and sha from here)
+from tests.builders import sha as sha  # noqa: PLC0414
 from tests.fakes.openai_upstream import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
