@@ -62,19 +62,26 @@ targets = [{ provider = "fake", model = "house-model" }]
 retries = 0
 price = { input_per_million = 1.0, output_per_million = 1.0, max_output_tokens = 100000 }
 """
-POLICY = policy(
-    {
-        "limited": team("*", rpm=3),
-        "capped": team("*", max_tokens=50),
-        "budget": team("*", budget_usd_per_day=50.0),
-        "busy": team("*", max_concurrent=2),
-        "tokens": team("*", tpm=40),
-        "thrifty": team("*", budget_usd_per_day=0.05),  # 4096 output tokens of "cheap" fit ($0.004), 100000 do not ($0.1)
-        "pennies": team("*", budget_usd_per_day=0.005),  # gpt-4o-mini: 4096 output tokens fit ($0.0025), its 16384 do not ($0.0098)
-    },
-    [api_key("limited-app", "limited", KEY["limited"]), api_key("own-app", "limited", KEY["own"], rpm=5)]
-    + [api_key(f"{name}-app", name, KEY[name]) for name in ("capped", "budget", "busy", "tokens", "thrifty", "pennies")],
-)
+
+
+def limits_policy(rpm: int = 3) -> str:
+    """A team per limit; `limited` (keys limited-app and own-app, its own rpm 5) has `rpm`."""
+    return policy(
+        {
+            "limited": team("*", rpm=rpm),
+            "capped": team("*", max_tokens=50),
+            "budget": team("*", budget_usd_per_day=50.0),
+            "busy": team("*", max_concurrent=2),
+            "tokens": team("*", tpm=40),
+            "thrifty": team("*", budget_usd_per_day=0.05),  # 4096 output tokens of "cheap" fit ($0.004), 100000 do not ($0.1)
+            "pennies": team("*", budget_usd_per_day=0.005),  # gpt-4o-mini: 4096 output tokens fit ($0.0025), its 16384 do not ($0.0098)
+        },
+        [api_key("limited-app", "limited", KEY["limited"]), api_key("own-app", "limited", KEY["own"], rpm=5)]
+        + [api_key(f"{name}-app", name, KEY[name]) for name in ("capped", "budget", "busy", "tokens", "thrifty", "pennies")],
+    )
+
+
+POLICY = limits_policy()
 
 
 def config(upstream: str, limits: str = "memory", state: str = "") -> str:
@@ -261,7 +268,7 @@ def test_rpm_answers_429_with_exact_retry_after_and_keys_may_override(gateway_fa
 
 def test_two_processes_on_one_redis_admit_exactly_the_limit(gateway_factory: GatewayFactory, fake: FakeOpenAI) -> None:
     limits = shared_limits()
-    policy = POLICY.replace("rpm = 3\n", "rpm = 10\n", 1)
+    policy = limits_policy(rpm=10)
     first = gateway_factory(config(fake.base_url, limits), {"p.toml": policy})
     second = gateway_factory(config(fake.base_url, limits), {"p.toml": policy})
     answers = burst([lambda gw=gw: ask(gw, "limited") for gw in (first, second) for _ in range(15)])  # type: ignore[misc]
@@ -430,10 +437,10 @@ def test_redis_outage_rate_limits_fail_open_budgets_closed_no_hang_and_recovery(
     gateway_factory: GatewayFactory, fake: FakeOpenAI, own_redis: RedisServer
 ) -> None:
     limits = f"redis://127.0.0.1:{own_redis.port}/0"
-    gw = gateway_factory(config(fake.base_url, limits), {"p.toml": POLICY.replace("rpm = 3\n", "rpm = 1000\n", 1)})
+    gw = gateway_factory(config(fake.base_url, limits), {"p.toml": limits_policy(rpm=1000)})
     flipped = gateway_factory(
         config(fake.base_url, limits, 'rate_limits_on_outage = "closed"\nbudgets_on_outage = "open"'),
-        {"p.toml": POLICY.replace("rpm = 3\n", "rpm = 1000\n", 1)},
+        {"p.toml": limits_policy(rpm=1000)},
     )
     assert ask(gw, "limited").status_code == 200 and ask(gw, "budget", model="priced", max_tokens=10).status_code == 200
 
