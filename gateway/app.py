@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -23,27 +20,23 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.cache.store import open_store
-from gateway.catalog import Catalog, ModelRoute, build_catalog
+from gateway.catalog import Catalog, build_catalog
 from gateway.config import Config, holder
-from gateway.config.policies import PolicySet, Principal
-from gateway.errors import BadRequest, GatewayError, NotFound, PermissionDenied, Unavailable
+from gateway.config.policies import PolicySet
+from gateway.errors import GatewayError, NotFound, Unavailable
 from gateway.limits.store import open_limits
 from gateway.metrics import Metrics
-from gateway.pipeline import dispatch
-from gateway.pipeline.auth import AdminScope, authenticate, authenticate_admin, require_tools
-from gateway.pipeline.body import parse_json, read_body, validate
+from gateway.pipeline.auth import AdminScope, authenticate, authenticate_admin
+from gateway.pipeline.finish import Finish
 from gateway.pipeline.limit import Limiter
-from gateway.pipeline.record import Record
+from gateway.pipeline.record import request_id
 from gateway.pipeline.reuse import Reuse
-from gateway.pipeline.route import Attempts, pick_model
+from gateway.pipeline.route import Attempts
+from gateway.pipeline.run import Journey
 from gateway.prompts.admin import PromptAdmin
-from gateway.prompts.resolve import apply as apply_prompt
-from gateway.prompts.resolve import referenced
 from gateway.prompts.service import PromptService
-from gateway.providers.base import Operation, Reply, StreamState
+from gateway.providers.base import Operation
 from gateway.routing import RetryBudget
-from gateway.streaming import JSONAnswer, SSEResponse
-from gateway.traces import context as tracecontext
 from gateway.traces.admin import TraceAdmin
 from gateway.traces.sink import TraceSink
 from gateway.traces.writer import WriterProcess, settings_from
@@ -51,24 +44,7 @@ from gateway.upstream import Pool
 
 log = logging.getLogger("gateway")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 JSON = "application/json"
-
-
-def request_id(headers: Mapping[str, str]) -> str:
-    """The client's `x-request-id` if it is sensible, else a new one: 32 hex digits, the first 12 the
-    time in ms (as in a UUIDv7), the rest random. Ids made here sort by time, so the trace store's
-    `request_id` index grows at its end; random ids dirtied a random index page per row, the largest
-    share of an insert once the store holds rows (loadtests/RESULTS.md)."""
-    given = headers.get("x-request-id")
-    return given if given and _REQUEST_ID.match(given) else f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
-
-
-def header_dict(request: Request) -> dict[str, str]:
-    """The request's headers as a plain dict, built once: Starlette's `Headers` scans and decodes the
-    raw list on every lookup (and raises KeyError inside `get` for each absent one), and a proxied
-    request looks up about eight, most of them absent. ASGI header names are already lower-case."""
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
 
 
 def error_response(exc: GatewayError, rid: str) -> Response:
@@ -104,6 +80,8 @@ class Gateway:
         self.holder = holder.ConfigHolder(config, lambda c: build_catalog(c, self.pool), self._serving)
         self.prompts = PromptService(config)
         self.prompt_admin = PromptAdmin(self.prompts, lambda: self.live.policies, self.max_body)
+        self.finish = Finish(self.budget, self.limiter, self.metrics)
+        self.journey = Journey(self.holder, self.prompts, self.limiter, self.finish, config)  # the request path: pipeline/run.py
 
     def _serving(self, config: Config, catalog: Catalog) -> tuple[Attempts, Reuse]:
         """What the request path builds for each catalog (at start and when a reload changes it)."""
@@ -160,7 +138,7 @@ class Gateway:
         if self._trace_writer is None:
             self._writer = WriterProcess(settings)
         address = self._trace_writer or self._writer.address  # type: ignore[union-attr]
-        self.traces = TraceSink(address, settings.queue_size, bool(settings.otlp_endpoint))
+        self.traces = self.finish.traces = TraceSink(address, settings.queue_size, bool(settings.otlp_endpoint))
         await self.traces.open()
         self.metrics.trace_totals = self._trace_totals
 
@@ -175,168 +153,15 @@ class Gateway:
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.stop, self.trace_settings.drain_timeout_s)
 
-    # stages ----------------------------------------------------------------------------------
-    def _admit(self, principal: Principal, model: str, catalog: Catalog) -> ModelRoute:
-        route = catalog.models.get(model)
-        if route is None:
-            raise NotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model", code="model_not_found")
-        if model not in principal.models:
-            raise PermissionDenied(f"This key may not use the model `{model}`.", param="model", code="model_not_allowed")
-        return route.within(principal.models)  # rules and fallbacks to models the team may not use are cut
-
-    def _apply_prompt(self, body: dict[str, Any], principal: Principal, op: Operation, record: Record) -> dict[str, Any]:
-        body, resolved = apply_prompt(body, self.prompts.registry, principal.prompts, op)
-        version = resolved.version
-        record.prompt_id, record.prompt_version, record.prompt_label, record.prompt_hash = (
-            resolved.prompt_id,
-            version.number,
-            resolved.label,
-            version.hash,
-        )
-        return body
-
-    def _headers(self, rid: str, record: Record) -> dict[str, str]:
-        headers = {
-            "x-request-id": rid,
-            "x-gateway-target": record.target or "",
-            "x-gateway-cache": "bypass",
-            "x-gateway-overhead-ms": f"{record.mark_overhead(time.perf_counter()):.2f}",
-        }
-        if record.prompt_id is not None:
-            headers["x-gateway-prompt"] = f"{record.prompt_id}@{record.prompt_version}"
-        if record.redacted:
-            headers["x-gateway-redacted"] = ",".join(f"{kind}={n}" for kind, n in sorted(record.redacted.items()))
-        return headers
-
-    def _finish(self, record: Record) -> None:
-        self.budget.requests -= 1
-        record.close()
-        if record.lease is not None:
-            self.limiter.settle(record.lease, record)
-            record.lease = None
-        self.metrics.observe(record)
-        if self.traces is not None:
-            self.traces.put(record)
-        if record.status >= 500:
-            log.warning("request %s failed: %s %s (target %s)", record.request_id, record.status, record.error_type, record.target)
-
-    def _begin(self, headers: Mapping[str, str], op: Operation, t0: float) -> Record:
-        record = Record(request_id(headers), op.value, time.time(), t0)
-        tracecontext.start(record, headers.get("traceparent"))
-        return record
-
-    def _answered(self, record: Record, reply: Reply, content: bytes) -> None:
-        record.response_id, record.response_model = reply.data.get("id"), reply.data.get("model")
-        if record.capture == "full":
-            record.response_json = content.decode()
-
-    def _stream_done(self, record: Record, state: StreamState) -> None:
-        record.response_id, record.response_model = state.response_id, state.response_model
-        if record.capture == "full":
-            record.response_text = state.text
-        self._finish(record)
-
-    async def _admission(
-        self, request: Request, headers: Mapping[str, str], op: Operation, record: Record, live: Live
-    ) -> tuple[Principal, dict[str, Any], ModelRoute]:
-        """Auth, body, prompt, permissions and routing rules: who asks for what, served by which model."""
-        policies = live.policies
-        principal = authenticate(headers, policies)
-        record.key_name, record.team, record.policy_version = principal.key_name, principal.team, policies.version
-        record.capture = principal.capture or self.capture
-        raw = await read_body(request, self.max_body, headers.get("content-length"))
-        body = parse_json(raw)
-        as_sent = True  # is the body still the client's (for the trace to keep its text)?
-        if referenced(body):
-            body = self._apply_prompt(body, principal, op, record)
-            as_sent = False
-        record.model = validate(body, op.value)
-        if principal.tools is not None and body.get("tools"):
-            require_tools(body["tools"], principal.tools)
-        guard = principal.guard
-        if guard is not None:  # deny rules, then redaction: before the body is cached, traced or sent
-            record.redacted = await guard.screen_async(body, len(raw)) or None
-            as_sent = as_sent and record.redacted is None
-        record.request_body = body
-        if as_sent and record.capture == "full":
-            record.request_json = raw.decode()
-        route = self._admit(principal, record.model, live.catalog)
-        if guard is not None and guard.max_request_tokens is not None:
-            counted = await self.limiter.count(op, body, route)
-            if counted > guard.max_request_tokens:
-                raise BadRequest(
-                    f"The request has {counted} prompt tokens, over this key's guardrail cap of {guard.max_request_tokens} "
-                    "(max_request_tokens).",
-                    param="messages" if op is Operation.CHAT else "prompt" if op is Operation.COMPLETION else "input",
-                    code="request_tokens_exceeded",
-                )
-        if route.rules:
-            route, record.route_rule = pick_model(live.catalog, route, body, headers.get("x-gateway-route-tag"), principal.models)
-        return principal, body, route
-
-    async def proxy(self, request: Request, op: Operation) -> Response:
-        t0 = time.perf_counter()
-        live = self.live  # read once: a reload mid-request cannot mix two configs or policy sets
-        headers = header_dict(request)
-        record = self._begin(headers, op, t0)
-        rid = record.request_id
-        streaming = False
-        self.budget.requests += 1
-        try:
-            if self.budget.requests > self.max_in_flight:
-                raise Unavailable("The gateway is at capacity; retry shortly.", code="overloaded", retry_after=1)
-            principal, body, route = await self._admission(request, headers, op, record, live)
-            if principal.quota is not None:
-                record.lease = await self.limiter.admit(principal, op, body, route, live.catalog)
-            if op is Operation.EMBEDDINGS or route.name in live.reuse.cached:  # cache, coalescing, batching
-                reused = await live.reuse.serve(
-                    headers, principal, op, body, route, record, lambda: self._headers(rid, record), lambda: self._finish(record)
-                )
-                if reused is not None:
-                    streaming = isinstance(reused, SSEResponse)
-                    return reused
-            if body.get("stream"):
-                if op is Operation.EMBEDDINGS:
-                    raise BadRequest("Embeddings cannot be streamed.", param="stream")
-                record.stream = True
-                deployment, stream = await live.attempts.serve(op, body, route, record, streaming=True)
-                stream.deadline = t0 + route.deadline_s
-                record.ttft_s = time.perf_counter() - t0
-                closing = dispatch.closing_usage(op, body, deployment, record)
-                charge = dispatch.charge_consumed(op, body, deployment, record)
-                headers = self._headers(rid, record)
-                streaming = True
-                relay = stream.relay(closing, lambda: self._stream_done(record, stream.state), charge)
-                return SSEResponse(relay, headers, self.keepalive_s, on_stalled=record.mark_stalled)
-            deployment, (content, reply) = await live.attempts.serve(op, body, route, record, streaming=False)
-            self._answered(record, reply, content)
-            headers = self._headers(rid, record)
-            if reply.usage is not None and reply.usage.estimated:
-                headers["x-gateway-usage"] = "estimated"
-            if record.priced:
-                headers["x-gateway-cost-usd"] = f"{record.cost_usd:.10f}"
-            return JSONAnswer(content, headers)
-        except GatewayError as exc:
-            record.status, record.error_type = exc.status, exc.error_type
-            response = error_response(exc, rid)
-            if record.prompt_id is not None:
-                response.headers["x-gateway-prompt"] = f"{record.prompt_id}@{record.prompt_version}"
-            return response
-        finally:
-            if not streaming:
-                if record.unanswered is not None:  # sent, never answered: the provider bills the prompt
-                    await dispatch.charge_unanswered(record)
-                self._finish(record)
-
     # endpoints -------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
-        return await self.proxy(request, Operation.CHAT)
+        return await self.journey.run(request, Operation.CHAT)
 
     async def completions(self, request: Request) -> Response:
-        return await self.proxy(request, Operation.COMPLETION)
+        return await self.journey.run(request, Operation.COMPLETION)
 
     async def embeddings(self, request: Request) -> Response:
-        return await self.proxy(request, Operation.EMBEDDINGS)
+        return await self.journey.run(request, Operation.EMBEDDINGS)
 
     async def models(self, request: Request) -> Response:
         rid = request_id(request.headers)

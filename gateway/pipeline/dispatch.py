@@ -20,6 +20,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -28,7 +29,7 @@ import orjson
 from gateway import tokens
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.pipeline.record import Record, Unanswered
-from gateway.pipeline.usage import estimate, load_encoding, prompt_tokens
+from gateway.pipeline.usage import counted, estimate, load_encoding, prompt_tokens
 from gateway.pricing import cost_usd
 from gateway.providers.base import Deployment, Operation, Reply, StreamState, StreamTranslator, Usage
 from gateway.providers.errors import provider_error
@@ -56,9 +57,20 @@ async def _send(
     return response
 
 
+@dataclass(slots=True)
+class Completion:
+    """A complete answer: its JSON as the client gets it, the parsed reply, and who gave it."""
+
+    content: bytes
+    reply: Reply
+    deployment: Deployment
+
+
 async def complete(
-    op: Operation, body: dict[str, Any], deployment: Deployment, record: Record, first_byte_s: float | None = None
-) -> tuple[bytes, Reply]:
+    op: Operation, body: dict[str, Any], deployment: Deployment, record: Record, first_byte_s: float, deadline: float = math.inf
+) -> Completion:
+    """The whole answer. `deadline` (for streams) is not read: a complete answer is bounded by
+    `first_byte_s`, the deadline's remainder, and then by the provider's idle timeout."""
     started = time.perf_counter()
     try:
         response = await _send(op, body, deployment, record, first_byte_s)
@@ -74,7 +86,7 @@ async def complete(
         record.upstream_s += time.perf_counter() - started
     reply = deployment.wire.reply(op, raw)
     if reply.usage is None:
-        reply.usage = await estimate(op, body, completion_text(reply), deployment.model)
+        reply.usage = await estimate(op, body, completion_text(reply), deployment.model, record)
         reply.data["usage"] = reply.usage.as_openai()
         reply.raw = None
     settle(record, deployment, reply.usage)
@@ -84,7 +96,7 @@ async def complete(
         if record.priced and isinstance(reply.data.get("usage"), dict):
             reply.data["usage"]["cost_usd"] = record.cost_usd
     record.finish_reason = reply.finish_reason
-    return (reply.raw if reply.raw is not None else orjson.dumps(reply.data)), reply
+    return Completion(reply.raw if reply.raw is not None else orjson.dumps(reply.data), reply, deployment)
 
 
 # the provider had the request and gave no answer (its own error statuses are not billed, and a
@@ -102,7 +114,9 @@ async def charge_unanswered(record: Record) -> None:
     deployment = sent.deployment
     try:
         await load_encoding(deployment.model)
-        prompt = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(prompt_tokens, sent.op, sent.body, deployment.model)))
+        prompt = counted(record, deployment.model)
+        if prompt is None:
+            prompt = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(prompt_tokens, sent.op, sent.body, deployment.model)))
     except asyncio.CancelledError:  # shutting down: the record goes out as it is
         return
     settle(record, deployment, Usage(prompt, 0, estimated=True))
@@ -116,16 +130,30 @@ def settle(record: Record, deployment: Deployment, usage: Usage) -> None:
 
 
 class Stream:
-    """An upstream stream opened up to its first translated bytes, ready to relay the rest."""
+    """An upstream stream opened up to its first translated bytes, ready to relay the rest.
 
-    def __init__(self, response: UpstreamResponse, translator: StreamTranslator, record: Record) -> None:
+    `deadline` is the perf_counter time by which the whole stream must be over (its model's
+    deadline from the request's arrival); `closing` settles its usage when it completes, `charge`
+    what it consumed when it ends early (see `closing_usage` and `charge_consumed`)."""
+
+    def __init__(
+        self,
+        response: UpstreamResponse,
+        translator: StreamTranslator,
+        record: Record,
+        deadline: float,
+        closing: Callable[[StreamState], Awaitable[bytes]],
+        charge: Charge,
+    ) -> None:
         self._response = response
         self._chunks = response.chunks().__aiter__()
         self._decoder = SSEDecoder()
         self._translator = translator
         self._record = record
+        self._closing = closing
+        self._charge = charge
         self.first = b""
-        self.deadline = math.inf  # perf_counter time by which the whole stream must be over
+        self.deadline = deadline
 
     @property
     def state(self) -> StreamState:
@@ -145,12 +173,10 @@ class Stream:
             self._response.close()
             raise
 
-    async def relay(
-        self, closing: Callable[[StreamState], Awaitable[bytes]], done: Callable[[], None], charge: Charge | None = None
-    ) -> AsyncGenerator[bytes, None]:
-        """The stream for the client. However it ends, `done` runs once the record says what it cost:
-        a stream that ends early (client gone, deadline, upstream break) is first given what it
-        consumed by `charge` (see `charge_consumed`)."""
+    async def relay(self, done: Callable[[Record], None] | None) -> AsyncGenerator[bytes, None]:
+        """The stream for the client. However it ends, `done` is given the record once it says what
+        the stream cost and what it answered: a stream that ends early (client gone, deadline,
+        upstream break) is first given what it consumed (see `charge_consumed`)."""
         record = self._record
         finished = False
         try:
@@ -163,7 +189,7 @@ class Stream:
                     raise UpstreamTimeout("the stream ran past its model's deadline", code="deadline_exceeded")
             if not (self.state.done or self.state.finish_reason):
                 raise UpstreamError("the provider ended the stream before it was complete", code="stream_incomplete")
-            tail = await closing(self.state)  # settles the usage: until it has, an interruption still charges
+            tail = await self._closing(self.state)  # settles the usage: until it has, an interruption still charges
             finished = True
             yield tail + DONE
         except GatewayError as exc:
@@ -179,23 +205,28 @@ class Stream:
                     self._response.close()
                     if record.error_type is None:
                         record.status, record.error_type = 499, "client_disconnected"
-                    if charge is not None:
-                        await charge(self.state)
+                    await self._charge(self.state)
             finally:
-                done()
+                if done is not None:
+                    state = self.state
+                    record.response_id, record.response_model = state.response_id, state.response_model
+                    if record.capture == "full":
+                        record.response_text = state.text
+                    done(record)
 
 
 Charge = Callable[[StreamState], Awaitable[None]]
 
 
 async def open_stream(
-    op: Operation, body: dict[str, Any], deployment: Deployment, record: Record, first_byte_s: float | None = None
+    op: Operation, body: dict[str, Any], deployment: Deployment, record: Record, first_byte_s: float, deadline: float
 ) -> Stream:
     started = time.perf_counter()
     try:
         response = await _send(op, body, deployment, record, first_byte_s)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        stream = Stream(response, deployment.wire.stream(op, include_usage), record)
+        closing, charge = closing_usage(op, body, deployment, record), charge_consumed(op, body, deployment, record)
+        stream = Stream(response, deployment.wire.stream(op, include_usage), record, deadline, closing, charge)
         if deployment.price is not None:
             stream.state.cost = partial(cost_usd, deployment.price)
         await stream.open()
@@ -219,7 +250,7 @@ def closing_usage(op: Operation, body: dict[str, Any], deployment: Deployment, r
         if state.usage is not None:
             settle(record, deployment, state.usage)
             return b""
-        usage = await estimate(op, body, "".join(state.text), deployment.model)
+        usage = await estimate(op, body, "".join(state.text), deployment.model, record)
         usage.completion_tokens += state.dropped_chars // 4  # text past what a stream keeps: chars / 4
         settle(record, deployment, usage)
         if not state.include_usage:
@@ -254,7 +285,8 @@ def charge_consumed(op: Operation, body: dict[str, Any], deployment: Deployment,
         rough = Usage(0, (len(text) + state.dropped_chars) // 4, estimated=True)
         try:
             await load_encoding(deployment.model)
-            usage = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(_count, op, body, text, deployment.model)))
+            known = counted(record, deployment.model)
+            usage = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(_count, op, body, text, deployment.model, known)))
         except asyncio.CancelledError:
             settle(record, deployment, rough)
             raise
@@ -266,7 +298,7 @@ def charge_consumed(op: Operation, body: dict[str, Any], deployment: Deployment,
     return charge
 
 
-def _count(op: Operation, body: dict[str, Any], text: str, model: str) -> Usage:
-    """In a worker thread: the prompt and a completion text, counted (both can be large)."""
+def _count(op: Operation, body: dict[str, Any], text: str, model: str, prompt: int | None) -> Usage:
+    """In a worker thread: the prompt (unless counted already) and a completion text, counted (both can be large)."""
     output = tokens.count_text(text, model) if text else 0
-    return Usage(prompt_tokens(op, body, model), output, estimated=True)
+    return Usage(prompt_tokens(op, body, model) if prompt is None else prompt, output, estimated=True)

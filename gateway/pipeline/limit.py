@@ -63,7 +63,9 @@ class Limiter:
         self._budget_open = budgets_fail_open
         self._unpriced_said: set[str] = set()
 
-    async def admit(self, principal: Principal, op: Operation, body: dict[str, Any], route: ModelRoute, catalog: Catalog) -> Lease | None:
+    async def admit(
+        self, principal: Principal, op: Operation, body: dict[str, Any], route: ModelRoute, catalog: Catalog, record: Record | None = None
+    ) -> Lease | None:
         quota = principal.quota
         if quota is None:
             return None
@@ -75,7 +77,7 @@ class Limiter:
         if quota.rpm is not None:
             checks.append(Check("rate", quota.rpm.counter, quota.rpm.value, 1, MINUTE_MS))
             rules.append(_Rule("rpm", "rpm_exceeded", quota.rpm))
-        prompt = await self.count(op, body, route) if quota.counts_tokens else 0
+        prompt = await self.count(op, body, route, record) if quota.counts_tokens else 0
         if quota.tpm is not None:
             checks.append(Check("rate", quota.tpm.counter, quota.tpm.value, prompt, MINUTE_MS))
             rules.append(_Rule("tpm", "tpm_exceeded", quota.tpm))
@@ -144,10 +146,13 @@ class Limiter:
             )
         self._metrics.limits_unchecked.labels("admitted").inc()
 
-    async def count(self, op: Operation, body: dict[str, Any], route: ModelRoute) -> int:
+    async def count(self, op: Operation, body: dict[str, Any], route: ModelRoute, record: Record | None = None) -> int:
         """The request's prompt tokens, counted with tiktoken for the route's first deployment (a large
-        prompt in a worker thread: see `pipeline/usage.py`)."""
-        return await count_prompt(op, body, route.deployments[0].model)
+        prompt in a worker thread), once per request: see `pipeline/usage.py`."""
+        model = route.deployments[0].model
+        if record is None:  # no request to keep the count on (a direct caller)
+            record = Record("", op.value, 0.0, 0.0)
+        return await count_prompt(op, body, model, record)
 
     def _worst_cost(self, route: ModelRoute, catalog: Catalog, prompt: int, output: int | None, answers: int) -> float:
         """The most the request may cost in USD: the prompt once, `answers` times the output cap (per

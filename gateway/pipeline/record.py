@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import random
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.providers.base import Deployment, Operation, Usage
+from gateway.traces import context as tracecontext
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id(headers: Mapping[str, str]) -> str:
+    """The client's `x-request-id` if it is sensible, else a new one: 32 hex digits, the first 12 the
+    time in ms (as in a UUIDv7), the rest random. Ids made here sort by time, so the trace store's
+    `request_id` index grows at its end; random ids dirtied a random index page per row, the largest
+    share of an insert once the store holds rows (loadtests/RESULTS.md)."""
+    given = headers.get("x-request-id")
+    return given if given and _REQUEST_ID.match(given) else f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
 
 
 @dataclass(slots=True)
@@ -77,6 +92,10 @@ class Record:
     response_json: str | None = None  # "full" only: the complete answer's JSON text, in OpenAI's format
     response_text: list[str] | None = None  # "full" only, streams: the relayed text
     redacted: dict[str, int] | None = None  # guardrail redactions by kind (the x-gateway-redacted header)
+    # the prompt's tokens as counted by tiktoken (pipeline/usage.py `count_prompt`), with the encoding
+    # they were counted with: guardrails, limits and charging each need it, and it is counted once
+    prompt_count: int | None = None
+    prompt_encoding: str | None = None
     lease: Any = None  # what the request holds against its limits (pipeline/limit.py), settled when it is over
     # an attempt that was sent and never answered (timed out, dropped, cancelled): its prompt is charged
     # if the request ends without usage (pipeline/dispatch.py charge_unanswered)
@@ -94,3 +113,10 @@ class Record:
 
     def close(self) -> None:
         self.duration_s = time.perf_counter() - self.t0
+
+
+def begin(headers: Mapping[str, str], op: Operation, t0: float) -> Record:
+    """A request's record, at its arrival (`t0`, perf_counter), in the client's trace if it sent one."""
+    record = Record(request_id(headers), op.value, time.time(), t0)
+    tracecontext.start(record, headers.get("traceparent"))
+    return record

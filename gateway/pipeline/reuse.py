@@ -31,13 +31,11 @@ Embeddings always pass through here, cacheable or not: a miss goes upstream thro
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import orjson
 from starlette.responses import Response
 
 from gateway.batching import Batcher
@@ -51,14 +49,13 @@ from gateway.config import Config
 from gateway.config.policies import Principal
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
-from gateway.pipeline import dispatch
+from gateway.pipeline import answer
 from gateway.pipeline.record import Record
 from gateway.pipeline.route import Attempts
 from gateway.providers.base import Deployment, Operation, Reply, Usage
-from gateway.streaming import JSONAnswer, SSEResponse
 
 Answer = tuple[bytes, Reply | None]
-Headers = Callable[[], dict[str, str]]
+Finish = Callable[[Record], None]  # the finish stage (pipeline/finish.py): for the streams answered here
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +63,6 @@ class CachePolicy:
     mode: str  # "deterministic" | "all"
     ttl_s: int
     shared: bool
-
-
-def _nothing() -> None:
-    return None
 
 
 class Upstream:
@@ -84,17 +77,14 @@ class Upstream:
     async def complete(self) -> Answer:
         if self.op is Operation.EMBEDDINGS:
             return await self.reuse.batcher.embed(self.body, self.route, self.record)
-        _, answer = await self.reuse.attempts.serve(self.op, self.body, self.route, self.record, streaming=False)
-        return answer  # type: ignore[no-any-return]
+        done = await self.reuse.attempts.complete(self.op, self.body, self.route, self.record)
+        return done.content, done.reply
 
     async def stream(self) -> AsyncGenerator[bytes, None]:
-        """The relayed stream, opened: an error before its first byte is raised here."""
-        deployment, stream = await self.reuse.attempts.serve(self.op, self.body, self.route, self.record, streaming=True)
-        stream.deadline = self.record.t0 + self.route.deadline_s
-        closing = dispatch.closing_usage(self.op, self.body, deployment, self.record)
-        charge = dispatch.charge_consumed(self.op, self.body, deployment, self.record)
-        relay: AsyncGenerator[bytes, None] = stream.relay(closing, _nothing, charge)
-        return relay
+        """The relayed stream, opened: an error before its first byte is raised here. The call's own
+        record is not finished: its subscribers' records are, with what they adopt from it."""
+        stream = await self.reuse.attempts.stream(self.op, self.body, self.route, self.record)
+        return stream.relay(None)
 
 
 def adopt(record: Record, source: Record, leader: bool) -> None:
@@ -115,13 +105,6 @@ def adopt(record: Record, source: Record, leader: bool) -> None:
         record.response_json = source.response_json
 
 
-def captured(record: Record, data: dict[str, Any], content: bytes | None = None) -> None:
-    """What traces keep of an answer (see Record.capture); `content` is its JSON, if at hand."""
-    record.response_id, record.response_model = data.get("id"), data.get("model")
-    if record.capture == "full":
-        record.response_json = (content if content is not None else orjson.dumps(data)).decode()
-
-
 class Reuse:
     def __init__(self, config: Config, store: Store, metrics: Metrics, attempts: Attempts) -> None:
         models = config.file.models
@@ -136,8 +119,8 @@ class Reuse:
         self.batcher = Batcher({name: m.batch for name, m in models.items()}, self._embed, metrics.batch)
 
     async def _embed(self, body: dict[str, Any], route: ModelRoute, record: Record) -> tuple[Deployment, tuple[bytes, Reply]]:
-        deployment, answer = await self.attempts.serve(Operation.EMBEDDINGS, body, route, record, streaming=False)
-        return deployment, answer
+        done = await self.attempts.complete(Operation.EMBEDDINGS, body, route, record)
+        return done.deployment, (done.content, done.reply)
 
     async def serve(
         self,
@@ -147,8 +130,7 @@ class Reuse:
         body: dict[str, Any],
         route: ModelRoute,
         record: Record,
-        headers: Headers,
-        finish: Callable[[], None],
+        finish: Finish,
     ) -> Response | None:
         """The answer, or None when the ordinary path should serve the request."""
         stream = body.get("stream") is True
@@ -164,7 +146,7 @@ class Reuse:
         ):
             if op is not Operation.EMBEDDINGS:
                 return None
-            return self._json(await self.batcher.embed(body, route, record), record, headers)
+            return answer.json(record, *await self.batcher.embed(body, route, record))
         key = cache_key(scope(principal.team, policy.shared, route.fallbacks), op, route.name, body, record.prompt_hash)
         record.stream = stream
         ttl_s = policy.ttl_s
@@ -175,7 +157,7 @@ class Reuse:
                 self.metrics.cache_errors.labels("get").inc()
                 value, ttl_s = None, 0
             if value is not None:
-                hit = self._hit(value, body, stream, record, headers, finish)
+                hit = self._hit(value, body, stream, record, finish)
                 if hit is not None:
                     return hit
         ident = (key, stream, stream and _include_usage(body))
@@ -189,33 +171,19 @@ class Reuse:
             record.cache = "coalesced"
         flight.join()
         if stream:
-            return await self._subscribe(flight, record, headers, finish)
+            return await self._subscribe(flight, record, finish)
         try:
-            answer = await flight.outcome()
+            content, reply = await flight.outcome()
         except GatewayError:  # what the failed call consumed (a prompt sent and never answered) is the leader's
             adopt(record, flight.record, record.cache != "coalesced")
             raise
         finally:
             flight.leave()
         adopt(record, flight.record, record.cache != "coalesced")
-        if record.cache == "coalesced":
-            answer = entry.as_reused(answer[0]), answer[1]
-        return self._json(answer, record, headers)
+        return answer.json(record, entry.as_reused(content) if record.cache == "coalesced" else content, reply)
 
     # answers ---------------------------------------------------------------------------------
-    def _json(self, answer: Answer, record: Record, headers: Headers) -> Response:
-        content, reply = answer
-        out = headers()
-        out["x-gateway-cache"] = record.cache
-        if reply is not None and reply.usage is not None and reply.usage.estimated:
-            out["x-gateway-usage"] = "estimated"
-        if record.priced:
-            out["x-gateway-cost-usd"] = f"{record.cost_usd:.10f}"
-        return JSONAnswer(content, out)
-
-    def _hit(
-        self, value: bytes, body: dict[str, Any], stream: bool, record: Record, headers: Headers, finish: Callable[[], None]
-    ) -> Response | None:
+    def _hit(self, value: bytes, body: dict[str, Any], stream: bool, record: Record, finish: Finish) -> Response | None:
         try:
             found = entry.decode(value)
             events = entry.replay(found.body, _include_usage(body)) if stream else []
@@ -227,13 +195,10 @@ class Reuse:
         if record.capture == "full":
             record.response_json = found.body.decode()
         if not stream:
-            return self._json((found.body, None), record, headers)
-        record.ttft_s = time.perf_counter() - record.t0
-        out = headers()
-        out["x-gateway-cache"] = "hit"
-        return SSEResponse(_replay(b"".join(events), finish), out, self.keepalive_s)
+            return answer.json(record, found.body, None)
+        return answer.stream(record, _replay(b"".join(events), record, finish), self.keepalive_s, None)
 
-    async def _subscribe(self, flight: Flight[Answer], record: Record, headers: Headers, finish: Callable[[], None]) -> Response:
+    async def _subscribe(self, flight: Flight[Answer], record: Record, finish: Finish) -> Response:
         try:
             await flight.first()
         except BaseException:
@@ -241,13 +206,10 @@ class Reuse:
             if record.cache != "coalesced":
                 record.unanswered = flight.record.unanswered
             raise
-        record.ttft_s = time.perf_counter() - record.t0
         record.target = flight.record.target
-        out = headers()
-        out["x-gateway-cache"] = record.cache
-        return SSEResponse(self._follow(flight, record, finish), out, self.keepalive_s, on_stalled=record.mark_stalled)
+        return answer.stream(record, self._follow(flight, record, finish), self.keepalive_s, record.mark_stalled)
 
-    async def _follow(self, flight: Flight[Answer], record: Record, finish: Callable[[], None]) -> AsyncGenerator[bytes, None]:
+    async def _follow(self, flight: Flight[Answer], record: Record, finish: Finish) -> AsyncGenerator[bytes, None]:
         complete, follower = False, record.cache == "coalesced"
         try:
             async for chunk in flight.follow():
@@ -260,7 +222,7 @@ class Reuse:
                 adopt(record, flight.record, not follower)
                 if not complete and record.error_type is None:
                     record.status, record.error_type = 499, "client_disconnected"
-                finish()
+                finish(record)
 
             if follower:
                 settle()
@@ -269,11 +231,11 @@ class Reuse:
 
     # the shared call -------------------------------------------------------------------------
     async def _work(self, upstream: Upstream, key: str, ttl_s: int, flight: Flight[Answer]) -> None:
-        answer = await upstream.complete()
-        content, reply, record = answer[0], answer[1], upstream.record
+        outcome = await upstream.complete()
+        content, reply, record = outcome[0], outcome[1], upstream.record
         if reply is not None:
-            captured(record, reply.data, content)
-        flight.finish(answer)
+            answer.captured(record, reply.data, content)
+        flight.finish(outcome)
         if ttl_s and reply is not None and record.usage is not None:
             await self._put(key, entry.encode(reply.data, record.usage, record.priced), ttl_s)
 
@@ -289,7 +251,7 @@ class Reuse:
         record = upstream.record
         final = assembler.final()
         if final is not None:
-            captured(record, final)
+            answer.captured(record, final)
         flight.finish()
         if ttl_s and final is not None and record.usage is not None and record.error_type is None:
             await self._put(key, entry.encode(final, record.usage, record.priced), ttl_s)
@@ -306,8 +268,8 @@ def _include_usage(body: dict[str, Any]) -> bool:
     return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
-async def _replay(events: bytes, finish: Callable[[], None]) -> AsyncGenerator[bytes, None]:
+async def _replay(events: bytes, record: Record, finish: Finish) -> AsyncGenerator[bytes, None]:
     try:
         yield events
     finally:
-        finish()
+        finish(record)

@@ -2,10 +2,11 @@
 
 `pick_model` applies a model's ordered rules (estimated prompt tokens, tools, images, the
 `x-gateway-route-tag` header) and returns the model that will serve, naming the rule that fired; rules
-are not chained. `Attempts.serve` then tries the model's deployments, chosen by its `Balancer`, up to
-`retries` more times with full-jitter backoff (or the provider's Retry-After when the deadline allows),
-and then each fallback model in order, as long as the error is retryable and the process-wide
-`RetryBudget` allows another retry. All of this happens before the first byte reaches the client;
+are not chained. `Attempts.complete` (a whole answer) and `Attempts.stream` (a stream opened up to its
+first bytes) then try the model's deployments, chosen by its `Balancer`, up to `retries` more times
+with full-jitter backoff (or the provider's Retry-After when the deadline allows), and then each
+fallback model in order, as long as the error is retryable and the process-wide `RetryBudget`
+allows another retry. All of this happens before the first byte reaches the client;
 every attempt is recorded, and the balancer learns from each outcome (failures lead to ejection).
 
 Both work on the team's view of a route (`ModelRoute.within`, taken at admission): a rule or fallback
@@ -17,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Any
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from gateway.catalog import Catalog, ModelRoute
 from gateway.config.schema import RuleSection
@@ -26,6 +28,9 @@ from gateway.pipeline import dispatch
 from gateway.pipeline.record import Attempt, Record
 from gateway.providers.base import Deployment, Operation
 from gateway.routing import RetryBudget, backoff
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 def estimated_tokens(body: dict[str, Any]) -> int:
@@ -84,15 +89,31 @@ def _deadline(record: Record) -> UpstreamTimeout:
     return error
 
 
+class _Call(Protocol[T_co]):
+    """One attempt's call to a deployment: `dispatch.complete` or `dispatch.open_stream`."""
+
+    def __call__(
+        self, op: Operation, body: dict[str, Any], deployment: Deployment, record: Record, first_byte_s: float, deadline: float, /
+    ) -> Awaitable[T_co]: ...
+
+
 class Attempts:
+    """A model's deployments, retries and fallbacks, tried until one answers: `complete` for a whole
+    answer, `stream` for a stream opened up to its first bytes (its deadline set from the route's)."""
+
     def __init__(self, catalog: Catalog, budget: RetryBudget, rng: random.Random | None = None) -> None:
         self.catalog = catalog
         self.budget = budget
         self.rng = rng or random.Random()
 
-    async def serve(
-        self, op: Operation, body: dict[str, Any], route: ModelRoute, record: Record, streaming: bool
-    ) -> tuple[Deployment, Any]:
+    # plain functions returning the loop's coroutine: awaiting them costs no frame of their own
+    def complete(self, op: Operation, body: dict[str, Any], route: ModelRoute, record: Record) -> Coroutine[Any, Any, dispatch.Completion]:
+        return self._serve(op, body, route, record, dispatch.complete)
+
+    def stream(self, op: Operation, body: dict[str, Any], route: ModelRoute, record: Record) -> Coroutine[Any, Any, dispatch.Stream]:
+        return self._serve(op, body, route, record, dispatch.open_stream)
+
+    async def _serve(self, op: Operation, body: dict[str, Any], route: ModelRoute, record: Record, call: _Call[T]) -> T:
         deadline = record.t0 + route.deadline_s
         user = body.get("user") if isinstance(body.get("user"), str) else None
         last: GatewayError | None = None
@@ -113,21 +134,26 @@ class Attempts:
                     index = model.balancer.choose(user)  # every target tried once: any healthy one again
                 if index is None:
                     break  # all ejected
-                deployment = model.deployments[index]
                 try:
-                    result = await self._attempt(op, body, model, index, record, streaming, remaining)
+                    return await self._attempt(op, body, model, index, record, call, remaining, deadline)
                 except GatewayError as exc:
                     if not exc.retryable:
                         raise
                     last = exc
                     tried.add(index)
-                    continue
-                return deployment, result
         raise last or Unavailable(f"no healthy target for model `{route.name}`", code="no_healthy_target", retry_after=5)
 
     async def _attempt(
-        self, op: Operation, body: dict[str, Any], model: ModelRoute, index: int, record: Record, streaming: bool, remaining: float
-    ) -> Any:
+        self,
+        op: Operation,
+        body: dict[str, Any],
+        model: ModelRoute,
+        index: int,
+        record: Record,
+        call: _Call[T],
+        remaining: float,
+        deadline: float,
+    ) -> T:
         deployment = model.deployments[index]
         started = time.perf_counter()
         attempt = Attempt(deployment.label, model.name, started - record.t0, server_address=deployment.transport.address)
@@ -140,11 +166,7 @@ class Attempts:
         try:
             if remaining <= 0:
                 raise _deadline(record)
-            first_byte_s = min(remaining, deployment.first_byte_s)
-            if streaming:
-                result: Any = await dispatch.open_stream(op, body, deployment, record, first_byte_s)
-            else:
-                result = await dispatch.complete(op, body, deployment, record, first_byte_s)
+            result = await call(op, body, deployment, record, min(remaining, deployment.first_byte_s), deadline)
         except GatewayError as exc:
             error = _deadline(record) if deadline_first and exc.error_type == "first_byte_timeout" else exc
             self._settle(model, index, attempt, started, error)

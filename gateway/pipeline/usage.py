@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from gateway import tokens
+from gateway.pipeline.record import Record
 from gateway.providers.base import Operation, Usage
 
 _loaded: set[str] = set()  # models whose tiktoken encoding this process has loaded
@@ -36,13 +37,27 @@ def prompt_tokens(op: Operation, body: dict[str, Any], model: str) -> int:
     return tokens.count_prompt(prompt, model)
 
 
-async def count_prompt(op: Operation, body: dict[str, Any], model: str) -> int:
-    """The request's prompt tokens: inline when small, else in a worker thread (the body is this
-    request's own and nothing else touches it meanwhile)."""
+async def count_prompt(op: Operation, body: dict[str, Any], model: str, record: Record) -> int:
+    """The request's prompt tokens, counted once per encoding and kept on the record (the guardrail's
+    cap, the limits and charging all ask): inline when small, else in a worker thread (the body is
+    this request's own and nothing else touches it meanwhile)."""
     await load_encoding(model)
+    known = counted(record, model)
+    if known is not None:
+        return known
     if tokens.fits_on_loop(prompt_of(op, body)):
-        return prompt_tokens(op, body, model)
-    return await asyncio.to_thread(prompt_tokens, op, body, model)
+        count = prompt_tokens(op, body, model)
+    else:
+        count = await asyncio.to_thread(prompt_tokens, op, body, model)
+    record.prompt_count, record.prompt_encoding = count, tokens.encoding(model).name
+    return count
+
+
+def counted(record: Record, model: str) -> int | None:
+    """The record's prompt count if it was made with `model`'s encoding (loaded: see `load_encoding`)."""
+    if record.prompt_count is None or tokens.encoding(model).name != record.prompt_encoding:
+        return None
+    return record.prompt_count
 
 
 async def count_text(text: str, model: str) -> int:
@@ -52,6 +67,6 @@ async def count_text(text: str, model: str) -> int:
     return await asyncio.to_thread(tokens.count_text, text, model)
 
 
-async def estimate(op: Operation, body: dict[str, Any], completion: str, model: str) -> Usage:
+async def estimate(op: Operation, body: dict[str, Any], completion: str, model: str, record: Record) -> Usage:
     output = await count_text(completion, model) if completion else 0
-    return Usage(await count_prompt(op, body, model), output, estimated=True)
+    return Usage(await count_prompt(op, body, model, record), output, estimated=True)
