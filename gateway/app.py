@@ -12,21 +12,21 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway import admin
 from gateway.cache.store import open_store
 from gateway.catalog import Catalog, build_catalog
 from gateway.config import Config, holder
 from gateway.config.policies import PolicySet
-from gateway.errors import GatewayError, NotFound, Unavailable
+from gateway.errors import GatewayError, Unavailable
 from gateway.limits.store import open_limits
 from gateway.metrics import Metrics
-from gateway.pipeline.auth import AdminScope, authenticate, authenticate_admin
+from gateway.pipeline.auth import authenticate
 from gateway.pipeline.finish import Finish
 from gateway.pipeline.limit import Limiter
 from gateway.pipeline.record import request_id
@@ -36,6 +36,7 @@ from gateway.pipeline.run import Journey
 from gateway.prompts.admin import PromptAdmin
 from gateway.prompts.service import PromptService
 from gateway.providers.base import Operation
+from gateway.responses import JSON, error_response, internal_error, json_response, method_not_allowed, not_found
 from gateway.routing import RetryBudget
 from gateway.traces.admin import TraceAdmin
 from gateway.traces.sink import TraceSink
@@ -43,13 +44,6 @@ from gateway.traces.writer import WriterProcess, settings_from
 from gateway.upstream import Pool
 
 log = logging.getLogger("gateway")
-
-JSON = "application/json"
-
-
-def error_response(exc: GatewayError, rid: str) -> Response:
-    return Response(exc.json(), exc.status, headers={"x-request-id": rid, **exc.headers()}, media_type=JSON)
-
 
 Live = holder.Live[Attempts, Reuse]
 
@@ -175,72 +169,20 @@ class Gateway:
             for name in live.catalog.models
             if name in principal.models
         ]
-        return Response(orjson.dumps({"object": "list", "data": data}), headers={"x-request-id": rid}, media_type=JSON)
+        return json_response({"object": "list", "data": data}, rid)
 
     async def healthz(self, request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type=JSON)
 
     async def readyz(self, request: Request) -> Response:
+        rid = request_id(request.headers)
         if self.draining:
-            exc = Unavailable("The gateway is draining.", code="draining", retry_after=1)
-            return Response(exc.json(), 503, headers=exc.headers(), media_type=JSON)
-        body = {"status": "ready", "config": self.live.config.hash, "policies": self.policies.version}
-        return Response(orjson.dumps(body), media_type=JSON)
+            return error_response(Unavailable("The gateway is draining.", code="draining", retry_after=1), rid)
+        return json_response({"status": "ready", "config": self.live.config.hash, "policies": self.policies.version}, rid)
 
     async def metrics_endpoint(self, request: Request) -> Response:
         self.metrics.set_in_flight(self.budget.requests)
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    async def admin_policies(self, request: Request) -> Response:
-        return await self._admin(request, lambda scope: self._policy_status(), whole_gateway=True)
-
-    async def admin_reload(self, request: Request) -> Response:
-        return await self._admin(request, lambda scope: self._reload(), whole_gateway=True)
-
-    async def admin_traces(self, request: Request) -> Response:
-        return await self._admin(request, lambda scope: self.trace_admin.list(request.query_params, scope.team))
-
-    async def admin_trace(self, request: Request) -> Response:
-        rid, query = request.path_params["request_id"], request.query_params
-        return await self._admin(request, lambda scope: self.trace_admin.get(rid, query, scope.team))
-
-    async def _admin(
-        self, request: Request, action: Callable[[AdminScope], Awaitable[dict[str, Any]]], whole_gateway: bool = False
-    ) -> Response:
-        """An admin key from a policy file (never open mode); `whole_gateway` endpoints need a global one,
-        the others are given the caller's scope, which confines a team admin to its team's objects."""
-        rid = request_id(request.headers)
-        try:
-            scope = authenticate_admin(request.headers, self.policies)
-            if whole_gateway:
-                scope.require_global()
-            return Response(orjson.dumps(await action(scope)), headers={"x-request-id": rid}, media_type=JSON)
-        except GatewayError as exc:
-            return error_response(exc, rid)
-
-    async def _policy_status(self) -> dict[str, Any]:
-        return self.holder.status()
-
-    async def _reload(self) -> dict[str, Any]:
-        await self.holder.reload()
-        return self.holder.status()
-
-
-async def not_found(request: Request, exc: Exception) -> Response:
-    error = NotFound(f"Unknown path {request.url.path!r}.", code="unknown_url")
-    return Response(error.json(), 404, media_type=JSON)
-
-
-async def method_not_allowed(request: Request, exc: Exception) -> Response:
-    error = GatewayError(f"Method {request.method} is not allowed on {request.url.path!r}.", status=405, code="method_not_allowed")
-    error.type = "invalid_request_error"
-    return Response(error.json(), 405, media_type=JSON)
-
-
-async def internal_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-    error = GatewayError("The gateway hit an internal error.", code="internal_error")
-    return Response(error.json(), 500, media_type=JSON)
 
 
 class GatewayApp(Starlette):
@@ -287,10 +229,7 @@ def create_app(config: Config, trace_writer: str | None = None) -> Starlette:
         Route("/healthz", gateway.healthz, methods=["GET"]),
         Route("/readyz", gateway.readyz, methods=["GET"]),
         Route("/metrics", gateway.metrics_endpoint, methods=["GET"]),
-        Route("/admin/policies", gateway.admin_policies, methods=["GET"]),
-        Route("/admin/reload", gateway.admin_reload, methods=["POST"]),
-        Route("/admin/traces", gateway.admin_traces, methods=["GET"]),
-        Route("/admin/traces/{request_id}", gateway.admin_trace, methods=["GET"]),
+        *admin.routes(gateway.holder, gateway.trace_admin),
         *gateway.prompt_admin.routes(),
     ]
     app = GatewayApp(

@@ -5,6 +5,7 @@
     ├── AuthenticationError            401     authentication_error
     ├── PermissionDenied               403     permission_error
     ├── NotFound                       404     invalid_request_error
+    ├── MethodNotAllowed               405     invalid_request_error
     ├── Conflict                       409     invalid_request_error
     ├── PayloadTooLarge                413     invalid_request_error
     ├── RateLimited                    429     rate_limit_error      (carries Retry-After)
@@ -20,7 +21,9 @@ Library errors (aiohttp, orjson, redis) are translated into this tree once, wher
 classes. A store error reaches a client only where the store is the request's whole point (a prompt
 push answers 503); the cache and limits stages turn it into their outage behaviour instead. Each error
 renders its own OpenAI-shaped body; the message is written for the client and never holds a key,
-a credential-bearing URL or a stack trace.
+a credential-bearing URL or a stack trace. `responses.error_response` is the one place an error
+becomes a response (with `x-request-id`), whichever endpoint or handler raised it; an exception
+outside this tree answers as the base class, 500 `internal_error`.
 """
 
 from __future__ import annotations
@@ -91,6 +94,12 @@ class PermissionDenied(GatewayError):
 class NotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
 
 
 class Conflict(GatewayError):

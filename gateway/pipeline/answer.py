@@ -20,6 +20,7 @@ from starlette.responses import Response
 from gateway.errors import GatewayError
 from gateway.pipeline.record import Record
 from gateway.providers.base import Reply
+from gateway.responses import error_response
 from gateway.streaming import JSONAnswer, SSEResponse
 
 
@@ -54,12 +55,10 @@ def stream(record: Record, body: AsyncGenerator[bytes, None], keepalive_s: float
 
 
 def error(record: Record, exc: GatewayError) -> Response:
-    """The error every failed request gets, naming the prompt it resolved."""
+    """The error every failed request gets (gateway/responses.py), naming the prompt it resolved."""
     record.status, record.error_type = exc.status, exc.error_type
-    out = {"x-request-id": record.request_id, **exc.headers()}
-    if record.prompt_id is not None:
-        out["x-gateway-prompt"] = f"{record.prompt_id}@{record.prompt_version}"
-    return Response(exc.json(), exc.status, headers=out, media_type="application/json")
+    prompt = {"x-gateway-prompt": f"{record.prompt_id}@{record.prompt_version}"} if record.prompt_id is not None else None
+    return error_response(exc, record.request_id, prompt)
 
 
 def captured(record: Record, data: dict[str, Any], content: bytes | None = None) -> None:

@@ -12,19 +12,18 @@ what other teams keep is not revealed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.admin import endpoint
 from gateway.config.policies import PolicySet
-from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
-from gateway.pipeline.auth import AdminScope, authenticate_admin
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.pipeline.auth import AdminScope
 from gateway.pipeline.body import read_json
 from gateway.prompts.registry import DEFAULT_LABEL, Prompt, Version
 from gateway.prompts.runner import run_cases
@@ -32,14 +31,14 @@ from gateway.prompts.schema import LabelMove, VersionSpec
 from gateway.prompts.service import PromptService
 
 log = logging.getLogger("gateway.prompts")
-JSON = "application/json"
-Handler = Callable[[Request, AdminScope], Awaitable[tuple[int, Any]]]
 _AUTH_HEADERS = ("authorization", "api-key")
 
 
-def owned(scope: AdminScope, prompt_id: str) -> None:
+def owned(scope: AdminScope, prompt_id: str) -> str:
+    """The id, if the caller may see it; else 404, as for a missing prompt (nothing is revealed)."""
     if not scope.owns_prompt(prompt_id):
         raise NotFound(f"The prompt `{prompt_id}` does not exist.", param="prompt", code="prompt_not_found")
+    return prompt_id
 
 
 def version_json(prompt: Prompt, version: Version) -> dict[str, Any]:
@@ -56,24 +55,11 @@ class PromptAdmin:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/admin/prompts", self._admin(self.index), methods=["GET"]),
-            Route("/admin/prompts/{id}", self._admin(self.show), methods=["GET"]),
-            Route("/admin/prompts/{id}/versions", self._admin(self.push), methods=["POST"]),
-            Route("/admin/prompts/{id}/labels/{label}", self._admin(self.label), methods=["PUT"]),
+            Route("/admin/prompts", endpoint(self.policies, self.index), methods=["GET"]),
+            Route("/admin/prompts/{id}", endpoint(self.policies, self.show), methods=["GET"]),
+            Route("/admin/prompts/{id}/versions", endpoint(self.policies, self.push), methods=["POST"]),
+            Route("/admin/prompts/{id}/labels/{label}", endpoint(self.policies, self.label), methods=["PUT"]),
         ]
-
-    def _admin(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                scope = authenticate_admin(request.headers, self.policies())
-                if "id" in request.path_params:
-                    owned(scope, request.path_params["id"])
-                status, body = await handler(request, scope)
-            except GatewayError as exc:
-                return Response(exc.json(), exc.status, headers=exc.headers(), media_type=JSON)
-            return Response(orjson.dumps(body), status, media_type=JSON)
-
-        return endpoint
 
     async def index(self, request: Request, scope: AdminScope) -> tuple[int, Any]:
         status = self.service.status()
@@ -85,7 +71,7 @@ class PromptAdmin:
     async def show(self, request: Request, scope: AdminScope) -> tuple[int, Any]:
         """The whole prompt, or with `?ref=LABEL|N` the one version it resolves to."""
         registry = self.service.registry
-        prompt_id = request.path_params["id"]
+        prompt_id = owned(scope, request.path_params["id"])
         ref = request.query_params.get("ref")
         if ref is not None:
             resolved = registry.lookup(prompt_id, ref or None)
@@ -95,24 +81,24 @@ class PromptAdmin:
         return 200, {"id": prompt.id, "labels": labels, "versions": [version_json(prompt, v) for v in prompt.versions.values()]}
 
     async def push(self, request: Request, scope: AdminScope) -> tuple[int, Any]:
+        prompt_id = owned(scope, request.path_params["id"])
         body = await read_json(request, self.max_body)
         try:
             spec = VersionSpec.model_validate(body)
         except ValidationError as exc:
             lines = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
             raise BadRequest(f"Invalid prompt version: {lines}", code="invalid_prompt") from None
-        prompt_id = request.path_params["id"]
         number, digest, created = await self.service.push(prompt_id, spec)
         if created:
             log.info("prompt %s: version %d pushed (hash %s)", prompt_id, number, digest[:16])
         return (201 if created else 200), {"id": prompt_id, "version": number, "hash": digest, "created": created}
 
     async def label(self, request: Request, scope: AdminScope) -> tuple[int, Any]:
+        prompt_id, label = owned(scope, request.path_params["id"]), request.path_params["label"]
         try:
             move = LabelMove.model_validate(await read_json(request, self.max_body))
         except ValidationError as exc:
             raise BadRequest(f"Expected {{'version': N, 'force': false}}: {exc.errors()[0]['msg']}", code="invalid_value") from None
-        prompt_id, label = request.path_params["id"], request.path_params["label"]
         version = self.service.registry.resolve(prompt_id, version=move.version).version
         results: list[dict[str, object]] = []
         failing = False
