@@ -1,4 +1,4 @@
-"""Charging what was consumed, on every ending (issue #13 item 2; README "Charging").
+"""Charging what was consumed, on every ending (issue #13 item 2; docs/cost.md "Charging").
 
 A stream that ends early (the client leaves, the model's deadline passes, the upstream breaks, a
 coalesced leader leaves) is charged its prompt plus the completion relayed so far; the trace row,
