@@ -38,6 +38,7 @@ from gateway.prompts.service import PromptService
 from gateway.providers.base import Operation
 from gateway.responses import JSON, error_response, internal_error, json_response, method_not_allowed, not_found
 from gateway.routing import RetryBudget
+from gateway.tokens import Tokenizer
 from gateway.traces.admin import TraceAdmin
 from gateway.traces.sink import TraceSink
 from gateway.traces.writer import WriterProcess, settings_from
@@ -64,7 +65,10 @@ class Gateway:
         state = config.file.state
         up = self.metrics.limits_backend_up
         limits = open_limits(state.limits, state.limits_timeout_ms / 1000, lambda ok: up.set(1 if ok else 0))
-        self.limiter = Limiter(limits, self.metrics, state.rate_limits_on_outage == "open", state.budgets_on_outage == "open")
+        self.tokenizer = Tokenizer()  # the process's token counting and what it remembers (gateway/tokens.py)
+        self.limiter = Limiter(
+            limits, self.metrics, state.rate_limits_on_outage == "open", state.budgets_on_outage == "open", self.tokenizer
+        )
         self.max_body = config.file.server.max_body_bytes
         self.draining = False
         self.max_in_flight = config.file.server.max_in_flight
@@ -75,7 +79,8 @@ class Gateway:
         self.prompts = PromptService(config)
         self.prompt_admin = PromptAdmin(self.prompts, lambda: self.live.policies, self.max_body)
         self.finish = Finish(self.budget, self.limiter, self.metrics)
-        self.journey = Journey(self.holder, self.prompts, self.limiter, self.finish, config)  # the request path: pipeline/run.py
+        # the request path: pipeline/run.py
+        self.journey = Journey(self.holder, self.prompts, self.limiter, self.finish, config, self.tokenizer)
 
     def _serving(self, config: Config, catalog: Catalog) -> tuple[Attempts, Reuse]:
         """What the request path builds for each catalog (at start and when a reload changes it)."""

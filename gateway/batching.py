@@ -38,15 +38,14 @@ from typing import Any
 
 import orjson
 
-from gateway import tokens
 from gateway.catalog import ModelRoute
 from gateway.config.schema import BatchSection
 from gateway.errors import GatewayError, UpstreamStatusError
 from gateway.pipeline.dispatch import settle
 from gateway.pipeline.record import Record
-from gateway.pipeline.usage import load_encoding
 from gateway.providers.base import Deployment, Reply, Usage
 from gateway.providers.openai import garbage
+from gateway.tokens import Tokenizer
 
 Answer = tuple[bytes, Reply]
 # one upstream embeddings call, with the routing stage's retries and fallbacks: the deployment that answered, and its answer
@@ -90,9 +89,9 @@ def apportion(total: int, weights: list[int]) -> list[int]:
     return parts
 
 
-def count_inputs(groups: list[list[Any]], model: str) -> list[int]:
+def count_inputs(tokenizer: Tokenizer, groups: list[list[Any]], model: str) -> list[int]:
     """Each group's tokens, as the provider would count them (CPU-bound: see INLINE_TOKENS)."""
-    return [tokens.count_prompt(inputs, model) for inputs in groups]
+    return [tokenizer.count_prompt(inputs, model) for inputs in groups]
 
 
 @dataclass(slots=True)
@@ -220,12 +219,14 @@ class Batcher:
     async def _many(self, group: _Group, callers: list[_Caller]) -> bool:
         """One call for every caller; True when the provider refused it as a client error."""
         first = callers[0]
-        shared = Record(first.record.request_id + "-batch", first.record.operation, time.time(), time.perf_counter(), first.record.model)
+        tokenizer = first.record.tokenizer
+        start = first.record
+        shared = Record(start.request_id + "-batch", start.operation, time.time(), time.perf_counter(), start.model, tokenizer=tokenizer)
         body = {**first.body, "input": [i for c in callers for i in c.inputs]}
         try:
             deployment, (_, reply) = await self._complete(body, group.route, shared)
             items = _items(reply, sum(len(c.inputs) for c in callers))
-            counts = await _token_counts(callers, group.text, deployment.model)
+            counts = await _token_counts(tokenizer, callers, group.text, deployment.model)
         except UpstreamStatusError:
             return True
         except GatewayError as exc:
@@ -266,14 +267,14 @@ def _items(reply: Reply, expected: int) -> list[dict[str, Any]]:
     return sorted(items, key=lambda item: item.get("index", 0))
 
 
-async def _token_counts(callers: list[_Caller], text: bool, model: str) -> list[int]:
+async def _token_counts(tokenizer: Tokenizer, callers: list[_Caller], text: bool, model: str) -> list[int]:
     groups = [c.inputs for c in callers]
     if not text:
-        return count_inputs(groups, model)  # token ids: their number, no tokenizer involved
-    await load_encoding(model)
+        return count_inputs(tokenizer, groups, model)  # token ids: their number, no encoding involved
+    await tokenizer.load(model)
     if sum(c.weight for c in callers) <= INLINE_TOKENS:
-        return count_inputs(groups, model)
-    return await asyncio.to_thread(count_inputs, groups, model)
+        return count_inputs(tokenizer, groups, model)
+    return await asyncio.to_thread(count_inputs, tokenizer, groups, model)
 
 
 def _in_own_words(exc: GatewayError) -> GatewayError:

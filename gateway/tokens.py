@@ -10,7 +10,9 @@ Counts for models that are not OpenAI's use o200k_base and are an estimate, flag
 Cost. A text of up to `ON_LOOP_CHARS` characters (and a request of up to `ON_LOOP_ITEMS` texts)
 counts in under a millisecond whatever its script (measured: 4096 characters of CJK or emoji take
 ~0.6 ms, of English ~0.2 ms); `fits_on_loop` says so by looking at no more than that many items, and
-anything larger is counted in a worker thread (`pipeline/usage.py`). tiktoken's BPE runs in Rust with
+anything larger is counted in a worker thread (`pipeline/usage.py`). What is remembered (the loaded
+encodings, the counts of short texts) lives in one `Tokenizer`, built by the gateway at start-up and
+handed to the stages that count; the functions here hold no state. tiktoken's BPE runs in Rust with
 the GIL released, but one call over a long text is superlinear (4 MB of one letter: 2.4 s), fails on
 long runs of whitespace (its regex runs out of backtracking stack) and builds the whole token list
 while holding the GIL; so long texts are encoded `CHUNK_CHARS` at a time, cut where a space follows a
@@ -21,7 +23,7 @@ by a token or so; a chunk tiktoken cannot encode counts its UTF-8 length, which 
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import gzip
 import hashlib
 import importlib.resources
@@ -62,8 +64,8 @@ def prepare_cache() -> Path | None:
     return directory
 
 
-@functools.cache
-def encoding(model: str) -> tiktoken.Encoding:
+def load_encoding(model: str) -> tiktoken.Encoding:
+    """The encoding `model` is counted with (slow the first time: see `Tokenizer.load`)."""
     prepare_cache()
     import tiktoken
 
@@ -79,10 +81,6 @@ def encoding(model: str) -> tiktoken.Encoding:
 ON_LOOP_CHARS = 4096  # text counted on the event loop: under a millisecond in any script
 ON_LOOP_ITEMS = 64  # messages, parts or inputs looked at (and counted) on the event loop
 CHUNK_CHARS = 16_384  # one tiktoken call: ~1-3 ms without the GIL, then a short token list with it
-
-
-def count_text(text: str, model: str) -> int:
-    return _length(encoding(model), text)
 
 
 def _length(enc: tiktoken.Encoding, text: str) -> int:
@@ -153,40 +151,64 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-_MEMO_MAX_CHARS = 16_384
-_MEMO_ENTRIES = 4096
-_memo: dict[tuple[str, str], int] = {}
+MEMO_MAX_CHARS = 16_384  # texts longer than this are not remembered
+MEMO_ENTRIES = 4096  # the memo is emptied when it holds this many counts
 
 
-def _count(enc: tiktoken.Encoding, text: str) -> int:
-    """Counts of short texts are remembered: system prompts and roles repeat from request to request."""
-    if len(text) > _MEMO_MAX_CHARS:
-        return _length(enc, text)
-    key = (enc.name, text)
-    count = _memo.get(key)
-    if count is None:
-        if len(_memo) >= _MEMO_ENTRIES:
-            _memo.clear()
-        count = _memo[key] = _length(enc, text)
-    return count
+class Tokenizer:
+    """A process's token counting: the encodings it has loaded, by model, and the counts of short
+    texts (system prompts and roles repeat from request to request). One per gateway process, built
+    at start-up and passed to the stages that count; two never share what they remember."""
 
+    __slots__ = ("_encodings", "_memo")
 
-def count_messages(messages: list[Any], model: str) -> int:
-    """OpenAI's published accounting: 3 tokens per message, its role and text, 3 to prime the reply."""
-    enc = encoding(model)
-    total = 3
-    for message in messages:
-        if not isinstance(message, dict):
-            continue
-        role = message.get("role")
-        total += 3 + _count(enc, _content_text(message.get("content")))
-        total += _count(enc, role) if isinstance(role, str) else 0
-        if message.get("name"):
-            total += 1
-    return total
+    def __init__(self) -> None:
+        self._encodings: dict[str, tiktoken.Encoding] = {}
+        self._memo: dict[tuple[str, str], int] = {}
 
+    def encoding(self, model: str) -> tiktoken.Encoding:
+        enc = self._encodings.get(model)
+        if enc is None:  # tiktoken keeps one object per encoding: models sharing one share it
+            enc = self._encodings[model] = load_encoding(model)
+        return enc
 
-def count_prompt(prompt: Any, model: str) -> int:
-    if isinstance(prompt, list):
-        return sum(count_text(p, model) if isinstance(p, str) else len(p) if isinstance(p, list) else 0 for p in prompt)
-    return count_text(prompt, model) if isinstance(prompt, str) else 0
+    async def load(self, model: str) -> None:
+        """Loading an encoding takes ~0.5 s and ~75 MB the first time: off the event loop, and only when needed."""
+        if model not in self._encodings:
+            await asyncio.to_thread(self.encoding, model)
+
+    def count_text(self, text: str, model: str) -> int:
+        return _length(self.encoding(model), text)
+
+    def _count(self, enc: tiktoken.Encoding, text: str) -> int:
+        if len(text) > MEMO_MAX_CHARS:
+            return _length(enc, text)
+        memo = self._memo
+        key = (enc.name, text)
+        count = memo.get(key)
+        if count is None:
+            if len(memo) >= MEMO_ENTRIES:
+                memo.clear()
+            count = memo[key] = _length(enc, text)
+        return count
+
+    def count_messages(self, messages: list[Any], model: str) -> int:
+        """OpenAI's published accounting: 3 tokens per message, its role and text, 3 to prime the reply."""
+        enc = self.encoding(model)
+        count = self._count
+        total = 3
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            role = message.get("role")
+            total += 3 + count(enc, _content_text(message.get("content")))
+            total += count(enc, role) if isinstance(role, str) else 0
+            if message.get("name"):
+                total += 1
+        return total
+
+    def count_prompt(self, prompt: Any, model: str) -> int:
+        if isinstance(prompt, list):
+            enc = self.encoding(model)
+            return sum(_length(enc, p) if isinstance(p, str) else len(p) if isinstance(p, list) else 0 for p in prompt)
+        return self.count_text(prompt, model) if isinstance(prompt, str) else 0

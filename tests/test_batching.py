@@ -31,8 +31,11 @@ UPSTREAM_MODEL = "text-embedding-3-small"
 LATENCY_S = 0.25  # the fake's answer time: long beside the spread of a burst's arrivals, on a loaded machine
 
 
+TOKENIZER = tokens.Tokenizer()
+
+
 def tiktoken_count(text: str) -> int:
-    return tokens.count_text(text, UPSTREAM_MODEL)
+    return TOKENIZER.count_text(text, UPSTREAM_MODEL)
 
 
 def config(upstream_url: str) -> str:

@@ -23,7 +23,7 @@ import redis
 from gateway.limits import rules
 from gateway.pipeline.usage import prompt_tokens
 from gateway.providers.base import Operation
-from gateway.tokens import count_text
+from gateway.tokens import Tokenizer
 from tests.builders import api_key, policy, team
 from tests.conftest import KEYS, GatewayFactory, GatewayProcess, config_for, need_redis
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
@@ -32,7 +32,8 @@ from tests.traceutil import trace
 CHUNKS = 200
 WORDS = " ".join(["hello"] * CHUNKS)  # the fake echoes it: "echo: hello hello ...", about one token a chunk
 MESSAGES = [{"role": "user", "content": WORDS}]
-PROMPT = prompt_tokens(Operation.CHAT, {"messages": MESSAGES}, "gpt-4o-mini")  # what the gateway counts
+TOKENIZER = Tokenizer()
+PROMPT = prompt_tokens(TOKENIZER, Operation.CHAT, {"messages": MESSAGES}, "gpt-4o-mini")  # what the gateway counts
 SLOW = Behavior(chunks=CHUNKS, chunk_delay_s=0.02)
 KEY = {name: f"sk-test-{name}-{uuid.uuid4().hex}" for name in ("spender", "streamer", "free")}
 PRICED = """
@@ -99,7 +100,7 @@ def relayed_tokens(received: bytes) -> int:
     for line in received.split(b"\n"):
         if line.startswith(b"data: {") and b'"choices":[{' in line:
             text += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-    return count_text(text, "gpt-4o-mini")
+    return TOKENIZER.count_text(text, "gpt-4o-mini")
 
 
 def leave_after(gw: GatewayProcess, who: str, chunks: int, model: str = "priced") -> str:

@@ -21,6 +21,7 @@ from gateway.pipeline.usage import count_prompt
 from gateway.providers.base import Operation
 from gateway.routing import RetryBudget
 from gateway.sse import DONE
+from gateway.tokens import Tokenizer
 from gateway.upstream import Pool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +90,7 @@ async def test_a_stream_past_its_deadline_ends_with_an_error_event() -> None:
 
 
 async def test_the_prompt_is_counted_once_per_encoding_and_kept_on_the_record() -> None:
-    record = Record("rid", "chat", time.time(), time.perf_counter())
+    record = Record("rid", "chat", time.time(), time.perf_counter(), tokenizer=Tokenizer())
     body = {"messages": [{"role": "user", "content": "many words here " * 3000}]}  # large: counted in a worker thread
     counted = await count_prompt(Operation.CHAT, body, "gpt-4o-mini", record)
     assert (record.prompt_count, record.prompt_encoding) == (counted, "o200k_base")

@@ -37,6 +37,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline.limit import Limiter
 from gateway.pipeline.record import Record
 from gateway.providers.base import Operation
+from gateway.tokens import Tokenizer
 from gateway.upstream import Pool
 from tests.builders import api_key, policy, team
 from tests.conftest import GatewayFactory, GatewayProcess, RedisServer, config_for, need_redis
@@ -508,7 +509,7 @@ async def test_an_admission_whose_client_went_away_is_given_back(tmp_path: Path)
     )
     principal = Principal("k", "t", False, frozenset({"priced"}), Limits(), None, None, quota=quota)
     store = Slow()
-    limiter = Limiter(store, Metrics(frozenset()), True, False)
+    limiter = Limiter(store, Metrics(frozenset()), True, False, Tokenizer())
     body = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
     store.gate.set()  # a first request, admitted and settled as usual (and tiktoken's encoding loaded)
     first = await limiter.admit(principal, Operation.CHAT, dict(body), catalog.models["priced"], catalog)

@@ -15,7 +15,6 @@ from tests.conftest import DEFAULT_POLICY, UPSTREAM_KEY, config_for
 SCRIPT = """
 import asyncio, gc, json, os, sys
 from pathlib import Path
-from gateway import tokens
 from gateway.app import create_app
 from gateway.config import load
 from gateway.server import GatewayServer, bind, uvicorn_config
@@ -26,7 +25,7 @@ before = {"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count()}
 async def app_alone():
     app = create_app(config)
     async with app.router.lifespan_context(app):
-        tokens.count_text("hello world", "gpt-4o")
+        app.state.gateway.tokenizer.count_text("hello world", "gpt-4o")
 
 async def worker():
     server = GatewayServer(uvicorn_config(config), config)

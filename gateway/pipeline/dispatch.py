@@ -26,16 +26,16 @@ from typing import Any
 
 import orjson
 
-from gateway import tokens
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.pipeline.record import Record, Unanswered
-from gateway.pipeline.usage import counted, estimate, load_encoding, prompt_tokens
+from gateway.pipeline.usage import counted, estimate, prompt_tokens
 from gateway.pricing import cost_usd
 from gateway.providers.base import Deployment, Operation, Reply, StreamState, StreamTranslator, Usage
 from gateway.providers.errors import provider_error
 from gateway.providers.openai import completion_text, garbage
 from gateway.providers.shapes import finish_embeddings
 from gateway.sse import DONE, SSEDecoder, frame
+from gateway.tokens import Tokenizer
 from gateway.traces.context import upstream_header
 from gateway.upstream import UpstreamRequest, UpstreamResponse
 
@@ -113,10 +113,11 @@ async def charge_unanswered(record: Record) -> None:
     sent, record.unanswered = record.unanswered, None
     deployment = sent.deployment
     try:
-        await load_encoding(deployment.model)
+        await record.tokenizer.load(deployment.model)
         prompt = counted(record, deployment.model)
         if prompt is None:
-            prompt = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(prompt_tokens, sent.op, sent.body, deployment.model)))
+            count = partial(prompt_tokens, record.tokenizer, sent.op, sent.body, deployment.model)
+            prompt = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(count)))
     except asyncio.CancelledError:  # shutting down: the record goes out as it is
         return
     settle(record, deployment, Usage(prompt, 0, estimated=True))
@@ -284,9 +285,10 @@ def charge_consumed(op: Operation, body: dict[str, Any], deployment: Deployment,
             return
         rough = Usage(0, (len(text) + state.dropped_chars) // 4, estimated=True)
         try:
-            await load_encoding(deployment.model)
+            await record.tokenizer.load(deployment.model)
             known = counted(record, deployment.model)
-            usage = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(_count, op, body, text, deployment.model, known)))
+            count = partial(_count, record.tokenizer, op, body, text, deployment.model, known)
+            usage = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(count)))
         except asyncio.CancelledError:
             settle(record, deployment, rough)
             raise
@@ -298,7 +300,7 @@ def charge_consumed(op: Operation, body: dict[str, Any], deployment: Deployment,
     return charge
 
 
-def _count(op: Operation, body: dict[str, Any], text: str, model: str, prompt: int | None) -> Usage:
+def _count(tokenizer: Tokenizer, op: Operation, body: dict[str, Any], text: str, model: str, prompt: int | None) -> Usage:
     """In a worker thread: the prompt (unless counted already) and a completion text, counted (both can be large)."""
-    output = tokens.count_text(text, model) if text else 0
-    return Usage(prompt_tokens(op, body, model) if prompt is None else prompt, output, estimated=True)
+    output = tokenizer.count_text(text, model) if text else 0
+    return Usage(prompt_tokens(tokenizer, op, body, model) if prompt is None else prompt, output, estimated=True)

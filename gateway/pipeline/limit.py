@@ -30,6 +30,7 @@ from gateway.pipeline.record import Record
 from gateway.pipeline.usage import count_prompt
 from gateway.providers.base import Operation
 from gateway.providers.shapes import choices, token_caps
+from gateway.tokens import Tokenizer
 
 log = logging.getLogger("gateway.limits")
 
@@ -56,8 +57,11 @@ class _Rule:
 
 
 class Limiter:
-    def __init__(self, store: LimitStore, metrics: Metrics, rate_limits_fail_open: bool, budgets_fail_open: bool) -> None:
+    def __init__(
+        self, store: LimitStore, metrics: Metrics, rate_limits_fail_open: bool, budgets_fail_open: bool, tokenizer: Tokenizer
+    ) -> None:
         self.store = store
+        self.tokenizer = tokenizer
         self._metrics = metrics
         self._rate_open = rate_limits_fail_open
         self._budget_open = budgets_fail_open
@@ -151,7 +155,7 @@ class Limiter:
         prompt in a worker thread), once per request: see `pipeline/usage.py`."""
         model = route.deployments[0].model
         if record is None:  # no request to keep the count on (a direct caller)
-            record = Record("", op.value, 0.0, 0.0)
+            record = Record("", op.value, 0.0, 0.0, tokenizer=self.tokenizer)
         return await count_prompt(op, body, model, record)
 
     def _worst_cost(self, route: ModelRoute, catalog: Catalog, prompt: int, output: int | None, answers: int) -> float:

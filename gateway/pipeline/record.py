@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.providers.base import Deployment, Operation, Usage
+from gateway.tokens import Tokenizer
 from gateway.traces import context as tracecontext
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -100,6 +101,8 @@ class Record:
     # an attempt that was sent and never answered (timed out, dropped, cancelled): its prompt is charged
     # if the request ends without usage (pipeline/dispatch.py charge_unanswered)
     unanswered: Unanswered | None = None
+    # the process's tokenizer (gateway/tokens.py), which the stages that count use; not part of the trace
+    tokenizer: Tokenizer = field(default_factory=Tokenizer)
 
     def mark_overhead(self, now: float) -> float:
         """The gateway's own time so far (total minus upstream) in ms, to 0.01: header and metric share it."""
@@ -115,8 +118,8 @@ class Record:
         self.duration_s = time.perf_counter() - self.t0
 
 
-def begin(headers: Mapping[str, str], op: Operation, t0: float) -> Record:
+def begin(headers: Mapping[str, str], op: Operation, t0: float, tokenizer: Tokenizer) -> Record:
     """A request's record, at its arrival (`t0`, perf_counter), in the client's trace if it sent one."""
-    record = Record(request_id(headers), op.value, time.time(), t0)
+    record = Record(request_id(headers), op.value, time.time(), t0, tokenizer=tokenizer)
     tracecontext.start(record, headers.get("traceparent"))
     return record

@@ -47,6 +47,7 @@ from gateway.prompts.resolve import referenced
 from gateway.prompts.service import PromptService
 from gateway.providers.base import Operation
 from gateway.streaming import SSEResponse
+from gateway.tokens import Tokenizer
 
 
 def header_dict(request: Request) -> dict[str, str]:
@@ -58,10 +59,17 @@ def header_dict(request: Request) -> dict[str, str]:
 
 class Journey:
     def __init__(
-        self, holder: ConfigHolder[Attempts, Reuse], prompts: PromptService, limiter: Limiter, finish: Finish, config: Config
+        self,
+        holder: ConfigHolder[Attempts, Reuse],
+        prompts: PromptService,
+        limiter: Limiter,
+        finish: Finish,
+        config: Config,
+        tokenizer: Tokenizer,
     ) -> None:
         server = config.file.server  # as started: [server] takes effect at a restart
         self.holder, self.prompts, self.limiter, self.finish = holder, prompts, limiter, finish
+        self.tokenizer = tokenizer  # the process's one (gateway/tokens.py): each record counts with it
         self.budget = finish.budget
         self.max_body, self.max_in_flight, self.keepalive_s = server.max_body_bytes, server.max_in_flight, server.sse_keepalive_s
         self.capture = config.file.telemetry.capture_content
@@ -70,7 +78,7 @@ class Journey:
         t0 = time.perf_counter()
         live = self.holder.live  # read once: a reload mid-request cannot mix two configs or policy sets
         headers = header_dict(request)
-        record = begin(headers, op, t0)
+        record = begin(headers, op, t0, self.tokenizer)
         streaming = False  # once a stream's response is returned, its relay finishes the request
         self.budget.requests += 1
         try:
