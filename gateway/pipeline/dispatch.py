@@ -7,7 +7,7 @@ with an SSE `error` event and no `[DONE]`, and is never retried. When the client
 ASGI server cancels the relay; its `finally` closes the upstream connection at once, so the
 provider stops generating.
 
-What was consumed is charged on every ending (README "Charging"): a stream that ends early (client
+What was consumed is charged on every ending (docs/cost.md "Charging"): a stream that ends early (client
 gone or stalled, deadline, upstream break) settles its prompt plus the completion relayed so far
 (`charge_consumed`); a complete answer that was sent but never came (timeouts, a dropped
 connection, cancellation) settles its prompt (`charge_unanswered`). The record then carries the
@@ -75,12 +75,8 @@ async def complete(
     try:
         response = await _send(op, body, deployment, record, first_byte_s)
         raw = await response.read()
-    except GatewayError as exc:
-        if exc.error_type in SENT_UNANSWERED:
-            record.unanswered = Unanswered(op, body, deployment)
-        raise
-    except asyncio.CancelledError:
-        record.unanswered = Unanswered(op, body, deployment)
+    except BaseException as exc:
+        _note_unanswered(exc, op, body, deployment, record)
         raise
     finally:
         record.upstream_s += time.perf_counter() - started
@@ -102,6 +98,13 @@ async def complete(
 # the provider had the request and gave no answer (its own error statuses are not billed, and a
 # connect error never reached it): it bills the prompt, so the request is charged for it
 SENT_UNANSWERED = frozenset({"first_byte_timeout", "idle_timeout", "upstream_disconnected", "upstream_error"})
+
+
+def _note_unanswered(exc: BaseException, op: Operation, body: dict[str, Any], deployment: Deployment, record: Record) -> None:
+    """A call the provider was sent but never answered (a timeout, a dropped connection, the client
+    cancelling) still bills its prompt: note it on the record, which charges it once at its end."""
+    if isinstance(exc, asyncio.CancelledError) or (isinstance(exc, GatewayError) and exc.error_type in SENT_UNANSWERED):
+        record.unanswered = Unanswered(op, body, deployment)
 
 
 async def charge_unanswered(record: Record) -> None:
@@ -231,12 +234,8 @@ async def open_stream(
         if deployment.price is not None:
             stream.state.cost = partial(cost_usd, deployment.price)
         await stream.open()
-    except GatewayError as exc:
-        if exc.error_type in SENT_UNANSWERED:
-            record.unanswered = Unanswered(op, body, deployment)
-        raise
-    except asyncio.CancelledError:
-        record.unanswered = Unanswered(op, body, deployment)
+    except BaseException as exc:
+        _note_unanswered(exc, op, body, deployment, record)
         raise
     finally:
         record.upstream_s += time.perf_counter() - started
