@@ -77,15 +77,7 @@ def test_a_whole_body_in_time_is_not_affected(gw: GatewayProcess, fake: FakeOpen
 
 
 def test_a_stream_client_that_stops_reading_is_cut_off_and_its_upstream_closed(gw: GatewayProcess, fake: FakeOpenAI) -> None:
-    # 8 MB in 400 chunks: far more than the socket buffers on the way and the transport's 64 KiB
-    fake.script(Behavior(chunks=400, chunk_delay_s=0.002, text="hello " * (8 * 1024 * 1024 // 6)))
-    rid = uuid.uuid4().hex
-    body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(15)
-    sock.connect(("127.0.0.1", gw.port))
-    sock.sendall(request_head(rid, len(body)) + body)
+    rid, sock = _big_stream_on_a_small_buffer(gw, fake)
     assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # then it reads nothing more
     stopped = time.monotonic()
     gone = fake.wait_for_disconnect(15)
@@ -113,14 +105,7 @@ def test_a_client_that_leaves_mid_body_is_traced_as_gone(gw: GatewayProcess) -> 
 def test_a_slow_reader_is_not_a_stalled_one(gw: GatewayProcess, fake: FakeOpenAI) -> None:
     """A client taking ~24 KB/s keeps the gateway's buffer full for longer than the 1 s stall timeout
     at a time, but it keeps taking data: it is served, not cut off."""
-    fake.script(Behavior(chunks=400, chunk_delay_s=0.002, text="hello " * (8 * 1024 * 1024 // 6)))  # fills every buffer
-    rid = uuid.uuid4().hex
-    body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(15)
-    sock.connect(("127.0.0.1", gw.port))
-    sock.sendall(request_head(rid, len(body)) + body)
+    rid, sock = _big_stream_on_a_small_buffer(gw, fake)
     received = 0
     until = time.monotonic() + 5
     while time.monotonic() < until:
@@ -133,3 +118,17 @@ def test_a_slow_reader_is_not_a_stalled_one(gw: GatewayProcess, fake: FakeOpenAI
     row = trace(gw, rid)
     assert (row["status"], row["error_type"]) == (499, "client_disconnected")
     assert received > 50_000
+
+
+def _big_stream_on_a_small_buffer(gw: GatewayProcess, fake: FakeOpenAI) -> tuple[str, socket.socket]:
+    """A streamed request for 8 MB in 400 chunks (far more than the socket buffers on the way and the
+    transport's 64 KiB), sent on a socket with a 4 KB receive buffer; the caller decides how to read."""
+    fake.script(Behavior(chunks=400, chunk_delay_s=0.002, text="hello " * (8 * 1024 * 1024 // 6)))
+    rid = uuid.uuid4().hex
+    body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(15)
+    sock.connect(("127.0.0.1", gw.port))
+    sock.sendall(request_head(rid, len(body)) + body)
+    return rid, sock
