@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import orjson
-import regex  # type: ignore[import-untyped]  # tiktoken's dependency: re's syntax, and it can match without the GIL
+import regex  # type: ignore[import-untyped]  # re's syntax, and it can match without the GIL
 from pydantic import Field, field_validator
 
 from gateway.config.schema import Strict
